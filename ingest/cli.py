@@ -1,0 +1,231 @@
+"""The ``ingest`` command: run the daemon and administer districts.
+
+Thin by design: each command loads the same Config as the server and calls the layer that
+owns the work, so the admin commands act on the live server's state without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from ingest import __version__
+from ingest.config import Config, ConfigError, load_config
+from ingest.logging import configure_logging
+from ingest.server import Server
+from ingest.sftp import load_or_create_host_keys
+from ingest.store import Database, DistrictError, DistrictStore
+
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A command cannot do what was asked; printed as ``ingest: <message>``."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        handler: Callable[[argparse.Namespace, Config], int] = args.handler
+        return handler(args, config)
+    except ConfigError as exc:
+        print(f"ingest: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CommandError, DistrictError) as exc:
+        print(f"ingest: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ingest", description="SFTP ingest daemon for account provisioning."
+    )
+    parser.add_argument("--version", action="version", version=f"ingest {__version__}")
+    parser.add_argument(
+        "--config", metavar="FILE",
+        help="TOML configuration file (default: $INGEST_CONFIG, else config/ingest.toml "
+             "if present, else built-in defaults)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve.set_defaults(handler=_serve)
+
+    hostkey = commands.add_parser("hostkey", help="print the host key fingerprints (SHA256)")
+    hostkey.set_defaults(handler=_hostkey)
+
+    health = commands.add_parser(
+        "healthcheck", help="exit 0 if the SFTP port answers with an SSH banner"
+    )
+    health.add_argument("--host", help="default: server.host (127.0.0.1 for 0.0.0.0)")
+    health.add_argument("--port", type=int, help="default: server.port")
+    health.add_argument("--timeout", type=float, default=5.0)
+    health.set_defaults(handler=_healthcheck)
+
+    district = commands.add_parser("district", help="manage districts (SFTP accounts)")
+    dc = district.add_subparsers(dest="district_command", required=True, metavar="ACTION")
+
+    add = dc.add_parser("add", help="create a district and its upload directories")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input")
+    add.add_argument("--key", action="append", default=[], metavar="PUBKEY_FILE",
+                     help="OpenSSH public key file (repeatable)")
+    add.set_defaults(handler=_district_add)
+
+    passwd = dc.add_parser("passwd", help="set a district's password")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true", required=True,
+                        help="read the password from standard input")
+    passwd.set_defaults(handler=_district_passwd)
+
+    add_key = dc.add_parser("add-key", help="authorise an OpenSSH public key")
+    add_key.add_argument("name")
+    add_key.add_argument("file", metavar="PUBKEY_FILE")
+    add_key.set_defaults(handler=_district_add_key)
+
+    remove_key = dc.add_parser("remove-key", help="revoke a public key by fingerprint")
+    remove_key.add_argument("name")
+    remove_key.add_argument("fingerprint", help="e.g. SHA256:abc... as in `district list`")
+    remove_key.set_defaults(handler=_district_remove_key)
+
+    for action, enabled in (("disable", False), ("enable", True)):
+        toggle = dc.add_parser(action, help=f"{action} a district's logins")
+        toggle.add_argument("name")
+        toggle.set_defaults(handler=_district_toggle, enabled=enabled)
+
+    listing = dc.add_parser("list", help="list districts")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=_district_list)
+    return parser
+
+
+# --- serve -------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace, config: Config) -> int:
+    configure_logging(config.logging)
+    asyncio.run(Server(config).serve())
+    return 0
+
+
+# --- host keys and health ------------------------------------------------------------------
+
+
+def _hostkey(args: argparse.Namespace, config: Config) -> int:
+    for key in load_or_create_host_keys(config.host_key_dir):
+        print(f"{key.fingerprint} {key.algorithm} ({key.path})")
+    return 0
+
+
+def _healthcheck(args: argparse.Namespace, config: Config) -> int:
+    host = args.host or config.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    port = args.port or config.server.port
+    try:
+        with socket.create_connection((host, port), timeout=args.timeout) as sock:
+            sock.settimeout(args.timeout)
+            banner = sock.recv(256)
+    except OSError as exc:
+        raise CommandError(f"unhealthy: cannot connect to {host}:{port}: {exc}") from None
+    if not banner.startswith(b"SSH-2.0-"):
+        raise CommandError(f"unhealthy: {host}:{port} did not answer with an SSH banner")
+    print(f"healthy: {banner.decode('ascii', 'replace').strip()} on {host}:{port}")
+    return 0
+
+
+# --- districts -------------------------------------------------------------------------------
+
+
+def _store(config: Config) -> DistrictStore:
+    database = Database(config.database_url)
+    database.migrate()
+    return DistrictStore(database, config.districts_dir)
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Repeat password: "):
+            raise CommandError("passwords do not match")
+        return first
+    text = sys.stdin.read()
+    # One trailing newline is what `echo` and here-strings add; it is not the password.
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _read_keys(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read public key file {path}: {exc}") from None
+    keys = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if not keys:
+        raise CommandError(f"{path} holds no public key")
+    return keys
+
+
+def _district_add(args: argparse.Namespace, config: Config) -> int:
+    password = _read_password() if args.password_stdin else None
+    keys = tuple(line for path in args.key for line in _read_keys(path))
+    district = _store(config).add(args.name, password, keys)
+    print(f"added district {district.name}: root {config.districts_dir / district.name}")
+    for key in district.keys:
+        print(f"  key {key.fingerprint} {key.algorithm} {key.comment}".rstrip())
+    if not district.has_password and not district.keys:
+        print("  note: no password or key yet; it cannot log in until you add one",
+              file=sys.stderr)
+    return 0
+
+
+def _district_passwd(args: argparse.Namespace, config: Config) -> int:
+    _store(config).set_password(args.name, _read_password())
+    print(f"password updated for {args.name}")
+    return 0
+
+
+def _district_add_key(args: argparse.Namespace, config: Config) -> int:
+    store = _store(config)
+    for line in _read_keys(args.file):
+        print(f"added key {store.add_key(args.name, line)} to {args.name}")
+    return 0
+
+
+def _district_remove_key(args: argparse.Namespace, config: Config) -> int:
+    _store(config).remove_key(args.name, args.fingerprint)
+    print(f"removed key {args.fingerprint} from {args.name}")
+    return 0
+
+
+def _district_toggle(args: argparse.Namespace, config: Config) -> int:
+    _store(config).set_enabled(args.name, args.enabled)
+    print(f"{'enabled' if args.enabled else 'disabled'} {args.name}")
+    return 0
+
+
+def _district_list(args: argparse.Namespace, config: Config) -> int:
+    districts = _store(config).list()
+    if args.json:
+        print(json.dumps([asdict(d) for d in districts], indent=2))
+        return 0
+    if not districts:
+        print("no districts; add one with `ingest district add NAME --password-stdin`")
+    for d in districts:
+        auth = ", ".join(
+            filter(None, ["password" if d.has_password else "", f"{len(d.keys)} key(s)"])
+        )
+        print(f"{d.name}\t{'enabled' if d.enabled else 'DISABLED'}\t{auth}")
+        for key in d.keys:
+            print(f"\t{key.fingerprint} {key.algorithm} {key.comment}".rstrip())
+    return 0

@@ -1,0 +1,264 @@
+"""One typed settings object for the whole daemon.
+
+Sources, lowest precedence first: the embedded defaults below, a TOML file, then
+environment variables ``INGEST_<SECTION>_<KEY>``. The same loader serves ``ingest serve``
+and every admin command, so the CLI always acts on the state the server uses.
+
+Anything unknown or malformed is a :class:`ConfigError` naming the key: a typo in a
+config file must stop the daemon at startup, not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+DEFAULT_CONFIG_FILE = Path("config/ingest.toml")
+ENV_CONFIG_FILE = "INGEST_CONFIG"
+ENV_PREFIX = "INGEST_"
+
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or greater"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a TCP port between 0 and 65535"
+
+
+def _check(validator: typing.Callable[[Any], str | None]) -> dict[str, Any]:
+    return {"check": validator}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The SSH/SFTP listener and its limits."""
+
+    host: str = "0.0.0.0"
+    port: int = field(default=2222, metadata=_check(_port))
+    # None means <data_dir>/keys; resolved by Config.host_key_dir.
+    host_key_dir: Path | None = None
+    login_timeout: float = field(default=60.0, metadata=_check(_positive))
+    # Seconds between SSH keepalives; 0 disables them.
+    keepalive_interval: float = field(default=30.0, metadata=_check(_non_negative))
+    max_connections: int = field(default=256, metadata=_check(_positive))
+    max_sessions_per_district: int = field(default=16, metadata=_check(_positive))
+    max_auth_attempts: int = field(default=6, metadata=_check(_positive))
+    # On SIGTERM, how long running uploads may take to finish before sessions are closed.
+    shutdown_grace: float = field(default=30.0, metadata=_check(_non_negative))
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where districts' files, host keys and state live."""
+
+    data_dir: Path = Path("./var")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """The state database; empty means SQLite under <data_dir>/state/."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log rendering. ``auto`` is console on a TTY and JSON otherwise."""
+
+    format: LogFormat = "auto"
+    level: LogLevel = "info"
+    # asyncssh's own (stdlib) logger; it is chatty below warning.
+    asyncssh_level: LogLevel = "warning"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of the daemon, resolved and validated."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Where the settings came from, for `server.started`; not a setting itself.
+    source: str = field(default="defaults", compare=False)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.storage.data_dir
+
+    @property
+    def host_key_dir(self) -> Path:
+        return self.server.host_key_dir or self.data_dir / "keys"
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'state' / 'ingest.db'}"
+
+    @property
+    def districts_dir(self) -> Path:
+        return self.data_dir / "districts"
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "storage": StorageConfig,
+    "database": DatabaseConfig,
+    "logging": LoggingConfig,
+}
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the Config from defaults, a TOML file and the environment.
+
+    ``path`` wins over ``$INGEST_CONFIG``; when neither is given, ``config/ingest.toml``
+    is read if it exists (a repository checkout), else the embedded defaults apply.
+    """
+    env = os.environ if environ is None else environ
+    raw: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    origin: dict[tuple[str, str], str] = {}
+
+    explicit = path if path is not None else env.get(ENV_CONFIG_FILE) or None
+    config_file = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
+    source = "defaults"
+    if explicit or config_file.is_file():
+        source = str(config_file)
+        for section, values in _read_toml(config_file).items():
+            for key, value in values.items():
+                raw[section][key] = value
+                origin[(section, key)] = f"{section}.{key} in {config_file}"
+
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+            continue
+        section, key = _split_env_name(name)
+        raw[section][key] = value
+        origin[(section, key)] = f"{section}.{key} (from ${name})"
+
+    sections = {
+        name: _build_section(cls, name, raw[name], origin) for name, cls in _SECTIONS.items()
+    }
+    config = Config(**sections, source=source)
+    if config.database_url.split(":", 1)[0] not in ("sqlite",):
+        raise ConfigError(
+            f"database.url: unsupported scheme in {config.database_url!r}; "
+            "this version stores state in SQLite (sqlite:///path/to/ingest.db)"
+        )
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as fh:
+            document = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for section, values in document.items():
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"{section}: unknown section in {path}; known: {', '.join(_SECTIONS)}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: must be a table ([{section}]) in {path}")
+    return document
+
+
+def _split_env_name(name: str) -> tuple[str, str]:
+    rest = name[len(ENV_PREFIX) :].lower()
+    for section in _SECTIONS:
+        if rest.startswith(section + "_"):
+            return section, rest[len(section) + 1 :]
+    raise ConfigError(
+        f"${name}: unknown setting; environment overrides look like "
+        "INGEST_<SECTION>_<KEY> with SECTION one of " + ", ".join(s.upper() for s in _SECTIONS)
+    )
+
+
+def _build_section(
+    cls: type[Any],
+    section: str,
+    values: dict[str, Any],
+    origin: dict[tuple[str, str], str],
+) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        where = origin.get((section, key), f"{section}.{key}")
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key; known keys: {', '.join(fields)}")
+        converted = _convert(value, hints[key], where)
+        check = fields[key].metadata.get("check")
+        problem = check(converted) if check and converted is not None else None
+        if problem:
+            raise ConfigError(f"{where}: {problem} (got {value!r})")
+        kwargs[key] = converted
+    return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Coerce a TOML value or an environment string to the field's declared type."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value == "" or value is None:
+            return None
+        return _convert(value, options[0], where)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        text = str(value).lower()
+        if text not in allowed:
+            raise ConfigError(f"{where}: must be one of {', '.join(allowed)} (got {value!r})")
+        return text
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: must be true or false (got {value!r})")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: must be a number (got {value!r})")
+        try:
+            number = hint(value) if not isinstance(value, str) else hint(value.strip())
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: must be {'an integer' if hint is int else 'a number'} "
+                              f"(got {value!r})") from None
+        if hint is int and isinstance(value, float) and value != number:
+            raise ConfigError(f"{where}: must be an integer (got {value!r})")
+        return number
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: must be a non-empty path string (got {value!r})")
+        return Path(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: must be a string (got {value!r})")
+        return value
+    raise ConfigError(f"{where}: unsupported setting type {hint!r}")  # pragma: no cover

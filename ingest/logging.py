@@ -1,0 +1,92 @@
+"""structlog setup: one pipeline for our events and for asyncssh's stdlib logging.
+
+Every line is one event with a stable ``event`` name; see docs/logging.md. Records from
+other libraries (asyncssh) are renamed to ``event="lib.log"`` with the original text in
+``message`` so that consumers can still rely on ``event`` being a fixed vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from ingest.config import LoggingConfig
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+def _foreign_record(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Give stdlib records (asyncssh) a stable event name, keeping their text."""
+    # ProcessorFormatter runs foreign_pre_chain only for records that did not come
+    # from structlog, so everything reaching this processor is a library's record.
+    record = event_dict.get("_record")
+    event_dict["message"] = event_dict.pop("event", "")
+    event_dict["event"] = "lib.log"
+    if record is not None:
+        event_dict["logger"] = record.name
+    return event_dict
+
+
+def _lead_with_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Put timestamp, level and event first so a line reads well in a terminal too."""
+    head = {k: event_dict.pop(k) for k in ("timestamp", "level", "event") if k in event_dict}
+    return {**head, **event_dict}
+
+
+def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> None:
+    """Install the pipeline on the root logger. Safe to call more than once."""
+    out = stream or sys.stdout
+    use_json = config.format == "json" or (config.format == "auto" and not out.isatty())
+    renderer: Processor = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, _foreign_record],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _lead_with_event,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS[config.level])
+    logging.getLogger("asyncssh").setLevel(_LEVELS[config.asyncssh_level])
+
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[config.level]),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str = "ingest", **context: Any) -> Any:
+    """A structlog logger bound to ``context``; ``name`` is the stdlib logger it uses."""
+    return structlog.get_logger(name).bind(**context)
+
+
+def flush_logs() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()

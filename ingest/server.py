@@ -1,0 +1,75 @@
+"""Lifecycle of the daemon: startup, serve until signalled, drain, shutdown.
+
+Modelled on uvicorn's Server: ``startup()`` and ``shutdown()`` are explicit so tests and
+embedders can run the daemon inside their own event loop; ``serve()`` adds the signal
+handling used by ``ingest serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from ingest.config import Config
+from ingest.logging import flush_logs, get_logger
+from ingest.sftp import SFTPEventHandler, SFTPService, load_or_create_host_keys
+from ingest.store import Database, DistrictStore
+
+
+class Server:
+    def __init__(self, config: Config, events: SFTPEventHandler | None = None) -> None:
+        self.config = config
+        self.events = events
+        self.log = get_logger("ingest.server")
+        self.sftp: SFTPService | None = None
+        self.port: int | None = None
+        self._should_exit = asyncio.Event()
+
+    async def startup(self) -> None:
+        config = self.config
+        database = Database(config.database_url)
+        schema = await asyncio.to_thread(database.migrate)
+        config.districts_dir.mkdir(parents=True, exist_ok=True)
+        host_keys = await asyncio.to_thread(load_or_create_host_keys, config.host_key_dir)
+        districts = DistrictStore(database, config.districts_dir)
+        self.sftp = SFTPService(config.server, host_keys, districts, self.events)
+        self.port = await self.sftp.start()
+        self.log.info(
+            "server.started",
+            host=config.server.host,
+            port=self.port,
+            data_dir=str(config.data_dir.resolve()),
+            database=config.database_url,
+            schema_version=schema,
+            config=config.source,
+            fingerprints={k.algorithm: k.fingerprint for k in host_keys},
+        )
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_exit, signum)
+        await self.startup()
+        await self._should_exit.wait()
+        await self.shutdown()
+
+    def request_exit(self, signum: int | None = None) -> None:
+        if not self._should_exit.is_set():
+            self.log.info("server.signal", signal=signal.Signals(signum).name if signum else None)
+        self._should_exit.set()
+
+    async def shutdown(self) -> None:
+        sftp = self.sftp
+        if sftp is None:
+            return
+        grace = self.config.server.shutdown_grace
+        sftp.stop_accepting()
+        self.log.info("server.stopping", open_uploads=len(sftp.open_uploads),
+                      sessions=len(sftp.connections), grace=grace)
+        drained = await sftp.drain(grace)
+        if not drained:
+            self.log.warning("server.drain_timeout", open_uploads=len(sftp.open_uploads))
+        await sftp.close()
+        self.sftp = None
+        self.log.info("server.stopped", drained=drained)
+        flush_logs()

@@ -1,0 +1,33 @@
+"""The SFTP protocol layer: auth, chroot, path policy, open-handle tracking, typed events.
+
+It knows nothing about epochs or CSV files. Layers above subscribe through
+:class:`SFTPEventHandler` and ask :class:`OpenUploads` what is still being written.
+"""
+
+from ingest.sftp.events import (
+    IgnoreEvents,
+    OpenUploads,
+    PathRenamed,
+    SFTPEvent,
+    SFTPEventHandler,
+    UploadAborted,
+    UploadFinished,
+    UploadStarted,
+)
+from ingest.sftp.hostkeys import HostKey, load_or_create_host_keys
+from ingest.sftp.service import DistrictDirectory, SFTPService
+
+__all__ = [
+    "DistrictDirectory",
+    "HostKey",
+    "IgnoreEvents",
+    "OpenUploads",
+    "PathRenamed",
+    "SFTPEvent",
+    "SFTPEventHandler",
+    "SFTPService",
+    "UploadAborted",
+    "UploadFinished",
+    "UploadStarted",
+    "load_or_create_host_keys",
+]

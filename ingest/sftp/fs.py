@@ -1,0 +1,317 @@
+"""The SFTP file system a district sees: chrooted, policed, tracked, and off the event loop.
+
+Every request is checked by :class:`~ingest.sftp.paths.Chroot`; every blocking file
+system call runs in a worker thread (writes through :class:`~ingest.sftp.writer.FileWriter`);
+every handle opened for writing is registered in :class:`~ingest.sftp.events.OpenUploads`
+and ends in exactly one ``UploadFinished`` (client closed it) or ``UploadAborted`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncssh
+from asyncssh import SFTPAttrs, SFTPName
+
+from ingest.sftp import asyncssh_compat
+from ingest.sftp.events import (
+    OpenUpload,
+    OpenUploads,
+    PathRenamed,
+    SFTPEventHandler,
+    UploadAborted,
+    UploadFinished,
+    UploadStarted,
+)
+from ingest.sftp.paths import Access, Chroot, Denied, Resolved
+from ingest.sftp.writer import FileWriter
+
+FILE_MODE = 0o640  # chosen by the server; client-requested permissions are ignored
+DIR_MODE = 0o750
+_WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
+
+T = TypeVar("T")
+
+
+@dataclass
+class SessionState:
+    """Per-connection facts the SFTP layer reads and updates (counters for session.closed)."""
+
+    district: str
+    session_id: str
+    log: Any  # structlog BoundLogger bound to district, session_id, peer
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+@dataclass
+class SFTPRuntime:
+    """What all SFTP sessions of one server share."""
+
+    executor: Executor
+    events: SFTPEventHandler
+    open_uploads: OpenUploads = field(default_factory=OpenUploads)
+    draining: bool = False
+
+
+@dataclass(eq=False)
+class _Handle:
+    fd: int
+    resolved: Resolved
+    writer: FileWriter | None = None
+    upload: OpenUpload | None = None
+    append_at: int | None = None  # next offset for FXF_APPEND handles
+    opened: float = field(default_factory=time.monotonic)
+
+
+class DistrictSFTPServer(asyncssh.SFTPServer):
+    """One SFTP session of one district."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], chroot: Chroot,
+                 session: SessionState, runtime: SFTPRuntime) -> None:
+        super().__init__(chan)
+        self._chroot = chroot
+        self._session = session
+        self._runtime = runtime
+        self._log = session.log
+
+    # --- helpers -------------------------------------------------------------------
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._runtime.executor, fn, *args)
+
+    def _resolve(self, operation: str, path: bytes, access: Access) -> Resolved:
+        try:
+            return self._chroot.resolve(path, access)
+        except Denied as denial:
+            raise self._deny(operation, path, denial) from None
+
+    def _deny(self, operation: str, path: bytes | str, denial: Denied) -> asyncssh.SFTPError:
+        shown = path.decode("utf-8", "replace") if isinstance(path, bytes) else path
+        self._log.warning("sftp.denied", operation=operation, path=shown, reason=denial.reason,
+                          message=denial.message)
+        return asyncssh.SFTPPermissionDenied(denial.message)
+
+    # --- files -----------------------------------------------------------------------
+
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Handle:
+        writing = bool(pflags & _WRITE_FLAGS)
+        resolved = self._resolve("open", path, Access.WRITE if writing else Access.READ)
+        if writing and self._runtime.draining:
+            raise self._deny("open", resolved.virtual, Denied(
+                "shutting_down", "the server is restarting; retry the upload in a minute"))
+        # Write handles are opened read-write whatever the client asked: the server reads
+        # the file back to hash it when the writes were not one sequential stream.
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_RDWR if writing else os.O_RDONLY)
+        if pflags & asyncssh.FXF_CREAT:
+            flags |= os.O_CREAT
+        if pflags & asyncssh.FXF_TRUNC:
+            flags |= os.O_TRUNC
+        if pflags & asyncssh.FXF_EXCL:
+            flags |= os.O_EXCL
+        fd = await self._io(os.open, resolved.real, flags, FILE_MODE)
+        handle = _Handle(fd, resolved)
+        if not writing:
+            return handle
+        handle.writer = FileWriter(fd, self._runtime.executor)
+        if pflags & asyncssh.FXF_APPEND:
+            handle.append_at = (await self._io(os.fstat, fd)).st_size
+        handle.upload = OpenUpload(self._session.district, resolved.real, self._session.session_id)
+        self._runtime.open_uploads.add(handle.upload)
+        self._log.info("upload.started", path=resolved.virtual)
+        self._runtime.events.handle_sftp_event(UploadStarted(
+            self._session.district, resolved.virtual, resolved.real, self._session.session_id))
+        return handle
+
+    async def close(self, file_obj: object) -> None:
+        handle = _as_handle(file_obj)
+        explicit = asyncssh_compat.closing_explicitly()
+        writer, upload = handle.writer, handle.upload
+        if writer is None or upload is None:
+            await self._io(os.close, handle.fd)
+            return
+        error: OSError | None = None
+        digest = ""
+        size = 0
+        try:
+            await writer.flush()
+            if explicit:
+                digest, size = await self._io(writer.sha256_blocking)
+        except OSError as exc:
+            error = exc
+        finally:
+            await self._io(os.close, handle.fd)
+            self._runtime.open_uploads.discard(upload)
+        duration = round(time.monotonic() - handle.opened, 6)
+        virtual = self._chroot.to_virtual(upload.real_path)
+        if explicit and error is None:
+            self._log.info("upload.finished", path=virtual, bytes=writer.bytes_written,
+                           size=size, duration=duration, sha256=digest)
+            self._runtime.events.handle_sftp_event(UploadFinished(
+                upload.district, virtual, upload.real_path, upload.session_id,
+                writer.bytes_written, size, duration, digest))
+            return
+        reason = ("write_error" if error is not None
+                  else "server_shutdown" if self._runtime.draining else "session_closed")
+        self._log.warning("upload.aborted", path=virtual, bytes=writer.bytes_written,
+                          duration=duration, reason=reason,
+                          **({"error": str(error)} if error else {}))
+        self._runtime.events.handle_sftp_event(UploadAborted(
+            upload.district, virtual, upload.real_path, upload.session_id,
+            writer.bytes_written, duration, reason))
+        if error is not None and explicit:
+            raise error  # the client asked; during session clean-up nobody is listening
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        handle = _as_handle(file_obj)
+        if handle.writer is not None:
+            await handle.writer.flush()
+        data = await self._io(os.pread, handle.fd, size, offset)
+        self._session.bytes_out += len(data)
+        return data
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        handle = _as_handle(file_obj)
+        if handle.writer is None:
+            raise asyncssh.SFTPPermissionDenied("file was opened for reading only")
+        if handle.append_at is not None:
+            offset = handle.append_at
+            handle.append_at += len(data)
+        self._session.bytes_in += len(data)
+        await handle.writer.write(offset, data)
+        return len(data)
+
+    async def fstat(self, file_obj: object) -> os.stat_result:
+        handle = _as_handle(file_obj)
+        if handle.writer is not None:
+            await handle.writer.flush()
+        return await self._io(os.fstat, handle.fd)
+
+    async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
+        # Clients (WinSCP, FileZilla, rclone) set times and permissions after an upload;
+        # they are accepted and ignored. Only a size change (truncate) is applied.
+        handle = _as_handle(file_obj)
+        if attrs.size is None:
+            return
+        if handle.writer is None:
+            raise asyncssh.SFTPPermissionDenied("file was opened for reading only")
+        await handle.writer.flush()
+        await self._io(os.ftruncate, handle.fd, attrs.size)
+
+    async def fsync(self, file_obj: object) -> None:
+        handle = _as_handle(file_obj)
+        if handle.writer is not None:
+            await handle.writer.flush()
+        await self._io(os.fsync, handle.fd)
+
+    # --- paths -----------------------------------------------------------------------
+
+    async def stat(self, path: bytes) -> os.stat_result:
+        resolved = self._resolve("stat", path, Access.READ)
+        return await self._io(os.lstat, resolved.real)
+
+    async def lstat(self, path: bytes) -> os.stat_result:
+        resolved = self._resolve("lstat", path, Access.READ)
+        return await self._io(os.lstat, resolved.real)
+
+    async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        access = Access.READ if attrs.size is None else Access.WRITE
+        resolved = self._resolve("setstat", path, access)
+        await self._io(os.lstat, resolved.real)  # a missing path is still an error
+        if attrs.size is not None:
+            await self._io(os.truncate, resolved.real, attrs.size)
+
+    async def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        await self.setstat(path, attrs)
+
+    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        resolved = self._resolve("opendir", path, Access.READ)
+        entries = await self._io(_list_dir, resolved.real)
+        for name, stat_result in entries:
+            yield SFTPName(name, attrs=SFTPAttrs.from_local(stat_result))
+
+    async def remove(self, path: bytes) -> None:
+        resolved = self._resolve("remove", path, Access.WRITE)
+        await self._io(os.unlink, resolved.real)
+
+    async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
+        resolved = self._resolve("mkdir", path, Access.WRITE)
+        await self._io(os.mkdir, resolved.real, DIR_MODE)
+
+    async def rmdir(self, path: bytes) -> None:
+        resolved = self._resolve("rmdir", path, Access.WRITE)
+        await self._io(os.rmdir, resolved.real)
+
+    async def realpath(self, path: bytes) -> bytes:
+        try:
+            return self._chroot.virtual(path).encode("utf-8")
+        except Denied as denial:
+            raise self._deny("realpath", path, denial) from None
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._rename("rename", oldpath, newpath, replace=False)
+
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._rename("posix-rename", oldpath, newpath, replace=True)
+
+    async def _rename(self, operation: str, oldpath: bytes, newpath: bytes,
+                      replace: bool) -> None:
+        old = self._resolve(operation, oldpath, Access.WRITE)
+        new = self._resolve(operation, newpath, Access.WRITE)
+        await self._io(_rename, old.real, new.real, replace)
+        self._runtime.open_uploads.renamed(old.real, new.real)
+        self._log.info("sftp.renamed", old_path=old.virtual, new_path=new.virtual)
+        self._runtime.events.handle_sftp_event(PathRenamed(
+            self._session.district, old.virtual, new.virtual, old.real, new.real,
+            self._session.session_id))
+
+    async def readlink(self, path: bytes) -> bytes:
+        # Districts cannot create links; any link below the root was planted and its
+        # target is none of the district's business.
+        resolved = self._resolve("readlink", path, Access.READ)
+        await self._io(os.lstat, resolved.real)
+        raise asyncssh.SFTPInvalidParameter("not a symbolic link")
+
+    async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        raise self._deny("symlink", newpath, Denied(
+            "symlink_refused", "symbolic links are not supported on this server"))
+
+    async def link(self, oldpath: bytes, newpath: bytes) -> None:
+        raise self._deny("link", newpath, Denied(
+            "hardlink_refused", "hard links are not supported on this server"))
+
+    async def statvfs(self, path: bytes) -> os.statvfs_result:
+        self._resolve("statvfs", path, Access.READ)
+        return await self._io(os.statvfs, self._chroot.root)
+
+    async def fstatvfs(self, file_obj: object) -> os.statvfs_result:
+        return await self._io(os.statvfs, self._chroot.root)
+
+
+def _as_handle(file_obj: object) -> _Handle:
+    assert isinstance(file_obj, _Handle)
+    return file_obj
+
+
+def _list_dir(path: os.PathLike[str]) -> list[tuple[bytes, os.stat_result]]:
+    entries = [(b".", os.lstat(path)), (b"..", os.lstat(path))]
+    with os.scandir(path) as it:
+        for entry in it:
+            try:
+                entries.append((os.fsencode(entry.name), entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue  # removed while listing
+    return entries
+
+
+def _rename(old: os.PathLike[str], new: os.PathLike[str], replace: bool) -> None:
+    if not replace and os.path.lexists(new):
+        # SFTP v3 rename must not overwrite; clients that want that use posix-rename.
+        raise FileExistsError(17, "target exists", os.fspath(new))
+    os.rename(old, new)

@@ -1,0 +1,292 @@
+"""The SSH side: listener, algorithms, authentication, limits and session bookkeeping.
+
+Only the ``sftp`` subsystem is offered. asyncssh refuses shell, exec and pty requests when
+no process or session factory is given; SCP, agent and X11 forwarding are switched off;
+TCP/UNIX forwarding is refused by :class:`asyncssh.SSHServer`'s defaults, which
+:class:`DistrictConnection` does not override.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import asyncssh
+
+from ingest.config import ServerConfig
+from ingest.logging import get_logger
+from ingest.sftp import asyncssh_compat
+from ingest.sftp.events import IgnoreEvents, OpenUploads, SFTPEventHandler
+from ingest.sftp.fs import DistrictSFTPServer, SessionState, SFTPRuntime
+from ingest.sftp.hostkeys import HostKey
+from ingest.sftp.paths import Chroot
+
+# Pinned algorithms; docs/security.md explains each choice. No SHA-1, no CBC, no DH groups.
+KEX_ALGS = ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
+ENCRYPTION_ALGS = (
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+# ETM first. The plain SHA-2 HMACs stay for libssh2 < 1.11 (curl on Debian 12, PHP and
+# many embedded clients), which has no ETM; both are SHA-2 and only pair with CTR.
+MAC_ALGS = (
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+)
+SIGNATURE_ALGS = (
+    "ssh-ed25519",
+    "sk-ssh-ed25519@openssh.com",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+)
+SERVER_VERSION = "ingest"
+
+
+class DistrictDirectory(Protocol):
+    """What the SSH layer needs to know about districts (implemented by DistrictStore).
+
+    Methods block (database, argon2); they are called from a worker thread.
+    """
+
+    def check_password(self, name: str, password: str) -> str | None: ...
+
+    def authorized_keys(self, name: str) -> tuple[bool, list[str]]: ...
+
+    def root(self, name: str) -> Path: ...
+
+
+@dataclass
+class _Limits:
+    max_connections: int
+    max_sessions_per_district: int
+    max_auth_attempts: int
+
+
+class SFTPService:
+    """Accepts SSH connections for districts and serves their SFTP sessions."""
+
+    def __init__(self, settings: ServerConfig, host_keys: list[HostKey],
+                 districts: DistrictDirectory, events: SFTPEventHandler | None = None) -> None:
+        asyncssh_compat.install()
+        self.settings = settings
+        self.host_keys = host_keys
+        self.districts = districts
+        self.limits = _Limits(settings.max_connections, settings.max_sessions_per_district,
+                              settings.max_auth_attempts)
+        # File I/O threads; sized for many concurrent sessions, not for CPU.
+        self.runtime = SFTPRuntime(
+            executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="sftp-io"),
+            events=events or IgnoreEvents(),
+        )
+        # argon2 is deliberately slow and memory-hungry: two threads bound what a flood of
+        # password attempts can cost, and keep it off the file I/O threads.
+        self.auth_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="auth")
+        self.connections: set[DistrictConnection] = set()
+        self.sessions_by_district: dict[str, int] = {}
+        self.accepting = False
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self.log = get_logger("ingest.sftp")
+
+    @property
+    def open_uploads(self) -> OpenUploads:
+        return self.runtime.open_uploads
+
+    async def start(self) -> int:
+        """Listen on the configured address; returns the bound port (useful with port 0)."""
+        self._acceptor = await asyncssh.listen(
+            self.settings.host,
+            self.settings.port,
+            server_factory=lambda: DistrictConnection(self),
+            server_host_keys=[k.key for k in self.host_keys],
+            server_version=SERVER_VERSION,
+            kex_algs=list(KEX_ALGS),
+            encryption_algs=list(ENCRYPTION_ALGS),
+            mac_algs=list(MAC_ALGS),
+            signature_algs=list(SIGNATURE_ALGS),
+            compression_algs=["none"],
+            sftp_factory=self._make_sftp_server,
+            allow_scp=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_pty=False,
+            login_timeout=self.settings.login_timeout,
+            keepalive_interval=self.settings.keepalive_interval or None,
+            keepalive_count_max=3,
+            reuse_address=True,
+        )
+        self.accepting = True
+        return int(self._acceptor.get_port())
+
+    def _make_sftp_server(self, chan: asyncssh.SSHServerChannel[bytes]) -> DistrictSFTPServer:
+        owner = chan.get_connection().get_owner()
+        assert isinstance(owner, DistrictConnection) and owner.session is not None
+        chroot = Chroot(self.districts.root(owner.session.district))
+        return DistrictSFTPServer(chan, chroot, owner.session, self.runtime)
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; established sessions go on."""
+        self.accepting = False
+        self.runtime.draining = True
+        if self._acceptor is not None:
+            self._acceptor.close()
+
+    async def drain(self, grace: float) -> bool:
+        """Wait up to ``grace`` seconds for open uploads to finish; True if they all did."""
+        try:
+            await asyncio.wait_for(self.open_uploads.wait_empty(), timeout=grace)
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        """Close every session and wait for them to go; then release the thread pools."""
+        for conn in list(self.connections):
+            conn.close()
+        if self._acceptor is not None:
+            await self._acceptor.wait_closed()
+        waiters = [c.closed.wait() for c in list(self.connections)]
+        if waiters:
+            await asyncio.wait_for(asyncio.gather(*waiters), timeout=10)
+        self.runtime.executor.shutdown(wait=True)
+        self.auth_executor.shutdown(wait=False, cancel_futures=True)
+
+
+class DistrictConnection(asyncssh.SSHServer):
+    """One SSH connection: its authentication, limits and log context."""
+
+    def __init__(self, service: SFTPService) -> None:
+        self.service = service
+        self.session_id = secrets.token_hex(6)
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.session: SessionState | None = None
+        self.log: Any = get_logger("ingest.sftp", session_id=self.session_id)
+        self.opened = time.monotonic()
+        self.closed = asyncio.Event()
+        self.username = ""
+        self.auth_failures = 0
+        self.auth_method = ""
+        self.refused = False
+
+    # --- connection lifecycle ----------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        self.log = self.log.bind(peer=f"{peer[0]}:{peer[1]}")
+        service = self.service
+        if not service.accepting:
+            self._refuse("shutting_down", "Server is shutting down")
+        elif len(service.connections) >= service.limits.max_connections:
+            self._refuse("max_connections", "Too many connections")
+        else:
+            service.connections.add(self)
+            self.log.info("session.opened")
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self.refused = True
+        self.log.warning("connection.refused", reason=reason,
+                         connections=len(self.service.connections),
+                         **({"district": self.username} if self.username else {}))
+        assert self.conn is not None
+        self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        service = self.service
+        if self in service.connections:
+            service.connections.discard(self)
+            session = self.session
+            if session is not None:
+                count = service.sessions_by_district.get(session.district, 1) - 1
+                if count > 0:
+                    service.sessions_by_district[session.district] = count
+                else:
+                    service.sessions_by_district.pop(session.district, None)
+            self.log.info(
+                "session.closed",
+                duration=round(time.monotonic() - self.opened, 3),
+                bytes_in=session.bytes_in if session else 0,
+                bytes_out=session.bytes_out if session else 0,
+                authenticated=session is not None,
+                **({"error": str(exc)} if exc else {}),
+            )
+        self.closed.set()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+    # --- authentication ------------------------------------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        self.username = username
+        return True  # authentication is always required
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        loop = asyncio.get_running_loop()
+        failure = await loop.run_in_executor(
+            self.service.auth_executor, self.service.districts.check_password, username, password
+        )
+        if failure is None:
+            self.auth_method = "password"
+            return True
+        self._auth_failed("password", failure)
+        return False
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        loop = asyncio.get_running_loop()
+        enabled, lines = await loop.run_in_executor(
+            self.service.auth_executor, self.service.districts.authorized_keys, username
+        )
+        offered = key.public_data
+        known = any(asyncssh.import_public_key(line).public_data == offered for line in lines)
+        if known and enabled:
+            self.auth_method = "publickey"
+            return True
+        reason = "district_disabled" if known else "unknown_key" if lines else "no_keys"
+        self._auth_failed("publickey", reason, fingerprint=key.get_fingerprint("sha256"))
+        return False
+
+    def _auth_failed(self, method: str, reason: str, **fields: Any) -> None:
+        self.auth_failures += 1
+        self.log.warning("auth.failed", district=self.username, method=method, reason=reason,
+                         attempt=self.auth_failures, **fields)
+        if self.auth_failures >= self.service.limits.max_auth_attempts and self.conn:
+            self.log.warning("connection.refused", reason="max_auth_attempts",
+                             district=self.username)
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                                 "Too many authentication failures")
+
+    def auth_completed(self) -> None:
+        service = self.service
+        district = self.username
+        active = service.sessions_by_district.get(district, 0)
+        if active >= service.limits.max_sessions_per_district:
+            self._refuse("max_sessions_per_district",
+                         f"Too many sessions for {district}: at most "
+                         f"{service.limits.max_sessions_per_district} at once")
+            return
+        service.sessions_by_district[district] = active + 1
+        self.log = self.log.bind(district=district)
+        self.session = SessionState(district, self.session_id, self.log)
+        self.log.info("auth.succeeded", method=self.auth_method)

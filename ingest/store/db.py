@@ -1,0 +1,96 @@
+"""SQLite access with forward-only schema migrations.
+
+Connections are short-lived and opened per unit of work: the server and the admin CLI are
+separate processes writing the same file, and WAL mode plus a busy timeout lets them do so
+while the daemon runs. Callers on the event loop must use a worker thread; every method
+here blocks.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ingest.config import ConfigError
+
+# Each entry upgrades the schema by one version; never edit a shipped entry, append.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE districts (
+        name          TEXT PRIMARY KEY,
+        password_hash TEXT,
+        enabled       INTEGER NOT NULL DEFAULT 1,
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL
+    );
+    CREATE TABLE district_keys (
+        district    TEXT NOT NULL REFERENCES districts(name) ON DELETE CASCADE,
+        fingerprint TEXT NOT NULL,
+        algorithm   TEXT NOT NULL,
+        public_key  TEXT NOT NULL,
+        comment     TEXT NOT NULL DEFAULT '',
+        added_at    TEXT NOT NULL,
+        PRIMARY KEY (district, fingerprint)
+    );
+    """,
+)
+
+
+def sqlite_path(url: str) -> Path:
+    """``sqlite:///relative/path`` or ``sqlite:////absolute/path`` to a Path."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ConfigError(f"database.url: expected sqlite:///path/to/file.db, got {url!r}")
+    return Path(url[len(prefix) :])
+
+
+class Database:
+    """The state database at ``url``; :meth:`migrate` creates or upgrades it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+
+    @contextmanager
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection inside one transaction: committed on success, rolled back on error."""
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def migrate(self) -> int:
+        """Create the file if needed and apply pending migrations; returns the version."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            # WAL lets the CLI write while the server reads; it is a property of the file.
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(_MIGRATIONS):
+                conn.execute("ROLLBACK")
+                raise ConfigError(
+                    f"database.url: {self.path} has schema version {version}, newer than this "
+                    f"ingest ({len(_MIGRATIONS)}); upgrade ingest"
+                )
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+            return len(_MIGRATIONS)
+        finally:
+            conn.close()
