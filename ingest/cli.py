@@ -50,9 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ingest {__version__}")
     parser.add_argument(
-        "--config", metavar="FILE",
+        "--config",
+        metavar="FILE",
         help="TOML configuration file (default: $INGEST_CONFIG, else config/ingest.toml "
-             "if present, else built-in defaults)",
+        "if present, else built-in defaults)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -75,16 +76,26 @@ def _parser() -> argparse.ArgumentParser:
 
     add = dc.add_parser("add", help="create a district and its upload directories")
     add.add_argument("name")
-    add.add_argument("--password-stdin", action="store_true",
-                     help="read the password from standard input")
-    add.add_argument("--key", action="append", default=[], metavar="PUBKEY_FILE",
-                     help="OpenSSH public key file (repeatable)")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    add.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="PUBKEY_FILE",
+        help="OpenSSH public key file (repeatable)",
+    )
     add.set_defaults(handler=_district_add)
 
     passwd = dc.add_parser("passwd", help="set a district's password")
     passwd.add_argument("name")
-    passwd.add_argument("--password-stdin", action="store_true", required=True,
-                        help="read the password from standard input")
+    passwd.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from standard input",
+    )
     passwd.set_defaults(handler=_district_passwd)
 
     add_key = dc.add_parser("add-key", help="authorise an OpenSSH public key")
@@ -184,8 +195,7 @@ def _district_add(args: argparse.Namespace, config: Config) -> int:
     for key in district.keys:
         print(f"  key {key.fingerprint} {key.algorithm} {key.comment}".rstrip())
     if not district.has_password and not district.keys:
-        print("  note: no password or key yet; it cannot log in until you add one",
-              file=sys.stderr)
+        print("  note: no password or key yet; it cannot log in until you add one", file=sys.stderr)
     return 0
 
 
@@ -215,7 +225,7 @@ def _district_toggle(args: argparse.Namespace, config: Config) -> int:
 
 
 def _district_list(args: argparse.Namespace, config: Config) -> int:
-    districts = _store(config).list()
+    districts = _store(config).list_all()
     if args.json:
         print(json.dumps([asdict(d) for d in districts], indent=2))
         return 0

@@ -248,8 +248,9 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         try:
             number = hint(value) if not isinstance(value, str) else hint(value.strip())
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: must be {'an integer' if hint is int else 'a number'} "
-                              f"(got {value!r})") from None
+            raise ConfigError(
+                f"{where}: must be {'an integer' if hint is int else 'a number'} (got {value!r})"
+            ) from None
         if hint is int and isinstance(value, float) and value != number:
             raise ConfigError(f"{where}: must be an integer (got {value!r})")
         return number

@@ -16,8 +16,12 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ingest.config import LoggingConfig
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _foreign_record(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -64,8 +64,12 @@ class Server:
             return
         grace = self.config.server.shutdown_grace
         sftp.stop_accepting()
-        self.log.info("server.stopping", open_uploads=len(sftp.open_uploads),
-                      sessions=len(sftp.connections), grace=grace)
+        self.log.info(
+            "server.stopping",
+            open_uploads=len(sftp.open_uploads),
+            sessions=len(sftp.connections),
+            grace=grace,
+        )
         drained = await sftp.drain(grace)
         if not drained:
             self.log.warning("server.drain_timeout", open_uploads=len(sftp.open_uploads))

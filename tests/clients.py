@@ -15,40 +15,72 @@ CLIENT_TIMEOUT = 60
 def ssh_options(daemon: Daemon, creds: Credentials) -> list[str]:
     """OpenSSH options: key auth, the daemon's real host key pinned, no agent, no prompts."""
     return [
-        "-o", "BatchMode=yes",
-        "-o", "IdentitiesOnly=yes",
-        "-o", "IdentityAgent=none",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={daemon.known_hosts()}",
-        "-o", "GlobalKnownHostsFile=/dev/null",
-        "-o", "LogLevel=ERROR",
-        "-i", str(creds.key_path),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "IdentityAgent=none",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={daemon.known_hosts()}",
+        "-o",
+        "GlobalKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+        str(creds.key_path),
     ]
 
 
-def sftp_batch(daemon: Daemon, creds: Credentials, commands: str,
-               check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def sftp_batch(
+    daemon: Daemon, creds: Credentials, commands: str, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run OpenSSH ``sftp -b -`` with ``commands``; a line starting with '-' may fail."""
     require_tool("sftp")
     result = subprocess.run(
-        ["sftp", "-b", "-", "-P", str(daemon.port), *ssh_options(daemon, creds),
-         f"{creds.name}@127.0.0.1"],
-        input=commands, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, cwd=cwd,
+        [
+            "sftp",
+            "-b",
+            "-",
+            "-P",
+            str(daemon.port),
+            *ssh_options(daemon, creds),
+            f"{creds.name}@127.0.0.1",
+        ],
+        input=commands,
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
+        cwd=cwd,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"sftp failed ({result.returncode}):\n{result.stdout}\n"
-                             f"{result.stderr}")
+        raise AssertionError(
+            f"sftp failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
-def curl(daemon: Daemon, creds: Credentials, *args: str,
-         check: bool = True) -> subprocess.CompletedProcess[str]:
+def curl(
+    daemon: Daemon, creds: Credentials, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """curl with password auth and the host key pinned by its SHA256."""
     require_tool("curl")
     result = subprocess.run(
-        ["curl", "--silent", "--show-error", "--user", f"{creds.name}:{creds.password}",
-         "--hostpubsha256", daemon.host_key_sha256(), *args],
-        capture_output=True, text=True, timeout=CLIENT_TIMEOUT,
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--user",
+            f"{creds.name}:{creds.password}",
+            "--hostpubsha256",
+            daemon.host_key_sha256(),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=CLIENT_TIMEOUT,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"curl failed ({result.returncode}): {result.stderr}")
@@ -59,26 +91,30 @@ def sftp_url(daemon: Daemon, path: str) -> str:
     return f"sftp://127.0.0.1:{daemon.port}{path}"
 
 
-def lftp(daemon: Daemon, creds: Credentials, script: str,
-         check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def lftp(
+    daemon: Daemon, creds: Credentials, script: str, check: bool = True, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """lftp over its sftp backend (which runs OpenSSH ssh) with key auth."""
     require_tool("lftp")
     connect = "ssh -a -x " + " ".join(ssh_options(daemon, creds))
     commands = (
-        f"set sftp:connect-program \"{connect}\"; set net:max-retries 1; "
+        f'set sftp:connect-program "{connect}"; set net:max-retries 1; '
         f"set net:timeout 20; set cmd:fail-exit yes; "
         f"open -u {creds.name}, -p {daemon.port} sftp://127.0.0.1; {script}; bye"
     )
-    result = subprocess.run(["lftp", "-c", commands], capture_output=True, text=True,
-                            timeout=CLIENT_TIMEOUT, cwd=cwd)
+    result = subprocess.run(
+        ["lftp", "-c", commands], capture_output=True, text=True, timeout=CLIENT_TIMEOUT, cwd=cwd
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"lftp failed ({result.returncode}):\n{result.stdout}\n"
-                             f"{result.stderr}")
+        raise AssertionError(
+            f"lftp failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
-def rclone(daemon: Daemon, creds: Credentials, *args: str,
-           check: bool = True) -> subprocess.CompletedProcess[str]:
+def rclone(
+    daemon: Daemon, creds: Credentials, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """rclone with an on-the-fly sftp remote named ``d:`` (key auth, host key pinned)."""
     require_tool("rclone")
     env = {
@@ -95,15 +131,17 @@ def rclone(daemon: Daemon, creds: Credentials, *args: str,
         "RCLONE_CONFIG_D_DISABLE_HASHCHECK": "true",
         "RCLONE_CONFIG_D_SHELL_TYPE": "none",
     }
-    result = subprocess.run(["rclone", *args], capture_output=True, text=True, env=env,
-                            timeout=CLIENT_TIMEOUT)
+    result = subprocess.run(
+        ["rclone", *args], capture_output=True, text=True, env=env, timeout=CLIENT_TIMEOUT
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"rclone failed ({result.returncode}):\n{result.stderr}")
     return result
 
 
-def paramiko_client(daemon: Daemon, creds: Credentials, *, password: str | None = None,
-                    use_key: bool = True) -> paramiko.SSHClient:
+def paramiko_client(
+    daemon: Daemon, creds: Credentials, *, password: str | None = None, use_key: bool = True
+) -> paramiko.SSHClient:
     """A connected paramiko SSHClient with the daemon's host keys pinned."""
     client = paramiko.SSHClient()
     client.load_host_keys(str(daemon.known_hosts()))
@@ -113,7 +151,15 @@ def paramiko_client(daemon: Daemon, creds: Credentials, *, password: str | None 
         kwargs["password"] = password
     if use_key:
         kwargs["key_filename"] = str(creds.key_path)
-    client.connect("127.0.0.1", port=daemon.port, username=creds.name, allow_agent=False,
-                   look_for_keys=False, timeout=20, banner_timeout=20, auth_timeout=20,
-                   **kwargs)  # type: ignore[arg-type]
+    client.connect(
+        "127.0.0.1",
+        port=daemon.port,
+        username=creds.name,
+        allow_agent=False,
+        look_for_keys=False,
+        timeout=20,
+        banner_timeout=20,
+        auth_timeout=20,
+        **kwargs,
+    )  # type: ignore[arg-type]
     return client

@@ -31,8 +31,12 @@ class Timeout(AssertionError):
     pass
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = DEFAULT_TIMEOUT,
-               what: str = "condition", interval: float = 0.02) -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = DEFAULT_TIMEOUT,
+    what: str = "condition",
+    interval: float = 0.02,
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -95,17 +99,24 @@ class Daemon:
 
     def events(self, event: str, **match: Any) -> list[dict[str, Any]]:
         with self._cond:
-            return [e for e in self.logs if e.get("event") == event
-                    and all(e.get(k) == v for k, v in match.items())]
+            return [
+                e
+                for e in self.logs
+                if e.get("event") == event and all(e.get(k) == v for k, v in match.items())
+            ]
 
-    def wait_for(self, event: str, timeout: float = DEFAULT_TIMEOUT, count: int = 1,
-                 **match: Any) -> dict[str, Any]:
+    def wait_for(
+        self, event: str, timeout: float = DEFAULT_TIMEOUT, count: int = 1, **match: Any
+    ) -> dict[str, Any]:
         """The ``count``-th log record with this event name and these field values."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                found = [e for e in self.logs if e.get("event") == event
-                         and all(e.get(k) == v for k, v in match.items())]
+                found = [
+                    e
+                    for e in self.logs
+                    if e.get("event") == event and all(e.get(k) == v for k, v in match.items())
+                ]
                 if len(found) >= count:
                     return found[count - 1]
                 remaining = deadline - time.monotonic()
@@ -128,8 +139,10 @@ class Daemon:
         keydir.mkdir(exist_ok=True)
         key_path = keydir / f"{name}_ed25519"
         if not key_path.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name,
-                            "-f", str(key_path)], check=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key_path)],
+                check=True,
+            )
         creds = Credentials(name, name + PASSWORD_SUFFIX, key_path)
         keys = (creds.public_key,) if key else ()
         self.store().add(name, creds.password, keys)
@@ -143,8 +156,10 @@ class Daemon:
     def known_hosts(self) -> Path:
         path = self.data_dir.parent / f"known_hosts_{self.port}"
         if not path.exists():
-            lines = [f"[127.0.0.1]:{self.port} {pub.read_text().strip()}"
-                     for pub in sorted((self.data_dir / "keys").glob("*.pub"))]
+            lines = [
+                f"[127.0.0.1]:{self.port} {pub.read_text().strip()}"
+                for pub in sorted((self.data_dir / "keys").glob("*.pub"))
+            ]
             path.write_text("\n".join(lines) + "\n")
         return path
 
@@ -173,19 +188,25 @@ def run_daemon(workdir: Path, **settings: Any) -> Iterator[Daemon]:
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
-    env.update({
-        "INGEST_STORAGE_DATA_DIR": str(data_dir),
-        "INGEST_SERVER_HOST": "127.0.0.1",
-        "INGEST_SERVER_PORT": "0",
-        "INGEST_LOGGING_FORMAT": "json",
-        "INGEST_SERVER_SHUTDOWN_GRACE": "5",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "INGEST_STORAGE_DATA_DIR": str(data_dir),
+            "INGEST_SERVER_HOST": "127.0.0.1",
+            "INGEST_SERVER_PORT": "0",
+            "INGEST_LOGGING_FORMAT": "json",
+            "INGEST_SERVER_SHUTDOWN_GRACE": "5",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     for key, value in settings.items():
         env[f"INGEST_{key.upper()}"] = str(value)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ingest", "serve"],
-        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     daemon = Daemon(proc, data_dir, env)
     pump = threading.Thread(target=daemon._pump, daemon=True)

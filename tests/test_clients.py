@@ -18,8 +18,9 @@ def _payload(path: Path, size: int) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _assert_finished(daemon: Daemon, creds: Credentials, virtual: str, digest: str,
-                     size: int) -> None:
+def _assert_finished(
+    daemon: Daemon, creds: Credentials, virtual: str, digest: str, size: int
+) -> None:
     event = daemon.wait_for("upload.finished", district=creds.name, path=virtual)
     assert event["sha256"] == digest
     assert event["size"] == size
@@ -27,17 +28,25 @@ def _assert_finished(daemon: Daemon, creds: Credentials, virtual: str, digest: s
     assert hashlib.sha256(real.read_bytes()).hexdigest() == digest
 
 
-def test_openssh_sftp_put_get_and_listing(daemon: Daemon, district: Credentials,
-                                          tmp_path: Path) -> None:
+def test_openssh_sftp_put_get_and_listing(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
     digest = _payload(tmp_path / "users.csv", 300_000)
-    result = sftp_batch(daemon, district, "\n".join([
-        "mkdir /upload/20260101-020000",
-        "put users.csv /upload/20260101-020000/users.csv",
-        "ls -l /upload/20260101-020000",
-        "get /upload/20260101-020000/users.csv back.csv",
-        "df -h /upload",
-        "chmod 777 /upload/20260101-020000/users.csv",
-    ]), cwd=tmp_path)
+    result = sftp_batch(
+        daemon,
+        district,
+        "\n".join(
+            [
+                "mkdir /upload/20260101-020000",
+                "put users.csv /upload/20260101-020000/users.csv",
+                "ls -l /upload/20260101-020000",
+                "get /upload/20260101-020000/users.csv back.csv",
+                "df -h /upload",
+                "chmod 777 /upload/20260101-020000/users.csv",
+            ]
+        ),
+        cwd=tmp_path,
+    )
     assert "users.csv" in result.stdout
     _assert_finished(daemon, district, "/upload/20260101-020000/users.csv", digest, 300_000)
     assert (tmp_path / "back.csv").read_bytes() == (tmp_path / "users.csv").read_bytes()
@@ -47,24 +56,28 @@ def test_openssh_sftp_put_get_and_listing(daemon: Daemon, district: Credentials,
     assert daemon.wait_for("session.closed", district=district.name)["bytes_in"] >= 300_000
 
 
-def test_curl_upload_with_password(daemon: Daemon, district: Credentials,
-                                   tmp_path: Path) -> None:
+def test_curl_upload_with_password(daemon: Daemon, district: Credentials, tmp_path: Path) -> None:
     digest = _payload(tmp_path / "users_auto.csv", 50_000)
-    curl(daemon, district, "-T", str(tmp_path / "users_auto.csv"),
-         sftp_url(daemon, "/upload/"))
+    curl(daemon, district, "-T", str(tmp_path / "users_auto.csv"), sftp_url(daemon, "/upload/"))
     _assert_finished(daemon, district, "/upload/users_auto.csv", digest, 50_000)
     assert daemon.wait_for("auth.succeeded", district=district.name)["method"] == "password"
 
 
-def test_lftp_put_and_parallel_mirror(daemon: Daemon, district: Credentials,
-                                      tmp_path: Path) -> None:
+def test_lftp_put_and_parallel_mirror(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
     source = tmp_path / "20260102-030000"
     source.mkdir()
     digests = {f"part{i}.csv": _payload(source / f"part{i}.csv", 20_000 + i) for i in range(6)}
     lftp(daemon, district, "cd upload; mirror -R -P 4 20260102-030000", cwd=tmp_path)
     for name, digest in digests.items():
-        _assert_finished(daemon, district, f"/upload/20260102-030000/{name}", digest,
-                         (source / name).stat().st_size)
+        _assert_finished(
+            daemon,
+            district,
+            f"/upload/20260102-030000/{name}",
+            digest,
+            (source / name).stat().st_size,
+        )
 
 
 def test_rclone_copy(daemon: Daemon, district: Credentials, tmp_path: Path) -> None:
@@ -96,12 +109,14 @@ def test_winscp_style_filepart_setstat_rename(daemon: Daemon, district: Credenti
             fh.write(data)
         sftp.utime("/upload/20260104-050000/users.csv.filepart", (1_700_000_000, 1_700_000_000))
         sftp.chmod("/upload/20260104-050000/users.csv.filepart", 0o666)
-        sftp.posix_rename("/upload/20260104-050000/users.csv.filepart",
-                          "/upload/20260104-050000/users.csv")
+        sftp.posix_rename(
+            "/upload/20260104-050000/users.csv.filepart", "/upload/20260104-050000/users.csv"
+        )
         sftp.utime("/upload/20260104-050000/users.csv", None)
         assert sftp.stat("/upload/20260104-050000/users.csv").st_size == len(data)
-    finished = daemon.wait_for("upload.finished", district=district.name,
-                               path="/upload/20260104-050000/users.csv.filepart")
+    finished = daemon.wait_for(
+        "upload.finished", district=district.name, path="/upload/20260104-050000/users.csv.filepart"
+    )
     assert finished["sha256"] == hashlib.sha256(data).hexdigest()
     renamed = daemon.wait_for("sftp.renamed", district=district.name)
     assert renamed["new_path"] == "/upload/20260104-050000/users.csv"
@@ -123,13 +138,16 @@ def test_resume_with_reput(daemon: Daemon, district: Credentials, tmp_path: Path
     (tmp_path / "big.csv").write_bytes(data)
     target = daemon.root(district.name) / "upload" / "big.csv"
     # an earlier, interrupted transfer left the first 80,000 bytes
-    with paramiko_client(daemon, district) as client:
-        with client.open_sftp().open("/upload/big.csv", "wb") as fh:
-            fh.write(data[:80_000])
+    with (
+        paramiko_client(daemon, district) as client,
+        client.open_sftp().open("/upload/big.csv", "wb") as fh,
+    ):
+        fh.write(data[:80_000])
     sftp_batch(daemon, district, "reput big.csv /upload/big.csv", cwd=tmp_path)
     assert target.read_bytes() == data
-    finished = daemon.wait_for("upload.finished", district=district.name, path="/upload/big.csv",
-                               count=2)
+    finished = daemon.wait_for(
+        "upload.finished", district=district.name, path="/upload/big.csv", count=2
+    )
     assert finished["sha256"] == hashlib.sha256(data).hexdigest()
     assert finished["bytes"] == 120_000
 

@@ -29,6 +29,8 @@ _explicit_close: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "ingest_explicit_close", default=False
 )
 _installed = False
+_FXP_CLOSE: int = getattr(_sftp, "FXP_CLOSE")  # noqa: B009 - not re-exported by asyncssh
+_FXP_WRITE: int = getattr(_sftp, "FXP_WRITE")  # noqa: B009
 
 
 def closing_explicitly() -> bool:
@@ -41,9 +43,9 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    handlers: dict[Any, Callable[..., Awaitable[Any]]] = _sftp.SFTPServerHandler._packet_handlers
-    process_close = _expect(handlers, _sftp.FXP_CLOSE, "_process_close")
-    process_write = _expect(handlers, _sftp.FXP_WRITE, "_process_write")
+    handlers: dict[Any, Any] = _sftp.SFTPServerHandler._packet_handlers
+    process_close = _expect(handlers, _FXP_CLOSE, "_process_close")
+    process_write = _expect(handlers, _FXP_WRITE, "_process_write")
 
     async def close_marked_explicit(self: Any, packet: Any) -> None:
         token = _explicit_close.set(True)
@@ -56,8 +58,8 @@ def install() -> None:
         packet.check_end = _ignore_trailing_bytes
         return await process_write(self, packet)
 
-    handlers[_sftp.FXP_CLOSE] = close_marked_explicit
-    handlers[_sftp.FXP_WRITE] = write_ignoring_trailing_bytes
+    handlers[_FXP_CLOSE] = close_marked_explicit
+    handlers[_FXP_WRITE] = write_ignoring_trailing_bytes
     _installed = True
 
 
@@ -65,8 +67,9 @@ def _ignore_trailing_bytes() -> None:
     return None
 
 
-def _expect(handlers: dict[Any, Callable[..., Awaitable[Any]]], packet_type: int,
-            name: str) -> Callable[..., Awaitable[Any]]:
+def _expect(
+    handlers: dict[Any, Callable[..., Awaitable[Any]]], packet_type: int, name: str
+) -> Callable[..., Awaitable[Any]]:
     handler = handlers.get(packet_type)
     if handler is None or getattr(handler, "__name__", "") != name:
         raise RuntimeError(

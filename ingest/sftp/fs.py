@@ -73,10 +73,15 @@ class _Handle:
 class DistrictSFTPServer(asyncssh.SFTPServer):
     """One SFTP session of one district."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], chroot: Chroot,
-                 session: SessionState, runtime: SFTPRuntime) -> None:
+    def __init__(
+        self,
+        chan: asyncssh.SSHServerChannel[bytes],
+        chroot: Chroot,
+        session: SessionState,
+        runtime: SFTPRuntime,
+    ) -> None:
         super().__init__(chan)
-        self._chroot = chroot
+        self._paths = chroot
         self._session = session
         self._runtime = runtime
         self._log = session.log
@@ -88,14 +93,19 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     def _resolve(self, operation: str, path: bytes, access: Access) -> Resolved:
         try:
-            return self._chroot.resolve(path, access)
+            return self._paths.resolve(path, access)
         except Denied as denial:
             raise self._deny(operation, path, denial) from None
 
     def _deny(self, operation: str, path: bytes | str, denial: Denied) -> asyncssh.SFTPError:
         shown = path.decode("utf-8", "replace") if isinstance(path, bytes) else path
-        self._log.warning("sftp.denied", operation=operation, path=shown, reason=denial.reason,
-                          message=denial.message)
+        self._log.warning(
+            "sftp.denied",
+            operation=operation,
+            path=shown,
+            reason=denial.reason,
+            message=denial.message,
+        )
         return asyncssh.SFTPPermissionDenied(denial.message)
 
     # --- files -----------------------------------------------------------------------
@@ -104,8 +114,11 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         writing = bool(pflags & _WRITE_FLAGS)
         resolved = self._resolve("open", path, Access.WRITE if writing else Access.READ)
         if writing and self._runtime.draining:
-            raise self._deny("open", resolved.virtual, Denied(
-                "shutting_down", "the server is restarting; retry the upload in a minute"))
+            raise self._deny(
+                "open",
+                resolved.virtual,
+                Denied("shutting_down", "the server is restarting; retry the upload in a minute"),
+            )
         # Write handles are opened read-write whatever the client asked: the server reads
         # the file back to hash it when the writes were not one sequential stream.
         flags = os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_RDWR if writing else os.O_RDONLY)
@@ -125,8 +138,11 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         handle.upload = OpenUpload(self._session.district, resolved.real, self._session.session_id)
         self._runtime.open_uploads.add(handle.upload)
         self._log.info("upload.started", path=resolved.virtual)
-        self._runtime.events.handle_sftp_event(UploadStarted(
-            self._session.district, resolved.virtual, resolved.real, self._session.session_id))
+        self._runtime.events.handle_sftp_event(
+            UploadStarted(
+                self._session.district, resolved.virtual, resolved.real, self._session.session_id
+            )
+        )
         return handle
 
     async def close(self, file_obj: object) -> None:
@@ -149,22 +165,55 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             await self._io(os.close, handle.fd)
             self._runtime.open_uploads.discard(upload)
         duration = round(time.monotonic() - handle.opened, 6)
-        virtual = self._chroot.to_virtual(upload.real_path)
+        virtual = self._paths.to_virtual(upload.real_path)
         if explicit and error is None:
-            self._log.info("upload.finished", path=virtual, bytes=writer.bytes_written,
-                           size=size, duration=duration, sha256=digest)
-            self._runtime.events.handle_sftp_event(UploadFinished(
-                upload.district, virtual, upload.real_path, upload.session_id,
-                writer.bytes_written, size, duration, digest))
+            self._log.info(
+                "upload.finished",
+                path=virtual,
+                bytes=writer.bytes_written,
+                size=size,
+                duration=duration,
+                sha256=digest,
+            )
+            self._runtime.events.handle_sftp_event(
+                UploadFinished(
+                    upload.district,
+                    virtual,
+                    upload.real_path,
+                    upload.session_id,
+                    writer.bytes_written,
+                    size,
+                    duration,
+                    digest,
+                )
+            )
             return
-        reason = ("write_error" if error is not None
-                  else "server_shutdown" if self._runtime.draining else "session_closed")
-        self._log.warning("upload.aborted", path=virtual, bytes=writer.bytes_written,
-                          duration=duration, reason=reason,
-                          **({"error": str(error)} if error else {}))
-        self._runtime.events.handle_sftp_event(UploadAborted(
-            upload.district, virtual, upload.real_path, upload.session_id,
-            writer.bytes_written, duration, reason))
+        reason = (
+            "write_error"
+            if error is not None
+            else "server_shutdown"
+            if self._runtime.draining
+            else "session_closed"
+        )
+        self._log.warning(
+            "upload.aborted",
+            path=virtual,
+            bytes=writer.bytes_written,
+            duration=duration,
+            reason=reason,
+            **({"error": str(error)} if error else {}),
+        )
+        self._runtime.events.handle_sftp_event(
+            UploadAborted(
+                upload.district,
+                virtual,
+                upload.real_path,
+                upload.session_id,
+                writer.bytes_written,
+                duration,
+                reason,
+            )
+        )
         if error is not None and explicit:
             raise error  # the client asked; during session clean-up nobody is listening
 
@@ -250,7 +299,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     async def realpath(self, path: bytes) -> bytes:
         try:
-            return self._chroot.virtual(path).encode("utf-8")
+            return self._paths.virtual(path).encode("utf-8")
         except Denied as denial:
             raise self._deny("realpath", path, denial) from None
 
@@ -260,16 +309,22 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
         await self._rename("posix-rename", oldpath, newpath, replace=True)
 
-    async def _rename(self, operation: str, oldpath: bytes, newpath: bytes,
-                      replace: bool) -> None:
+    async def _rename(self, operation: str, oldpath: bytes, newpath: bytes, replace: bool) -> None:
         old = self._resolve(operation, oldpath, Access.WRITE)
         new = self._resolve(operation, newpath, Access.WRITE)
         await self._io(_rename, old.real, new.real, replace)
         self._runtime.open_uploads.renamed(old.real, new.real)
         self._log.info("sftp.renamed", old_path=old.virtual, new_path=new.virtual)
-        self._runtime.events.handle_sftp_event(PathRenamed(
-            self._session.district, old.virtual, new.virtual, old.real, new.real,
-            self._session.session_id))
+        self._runtime.events.handle_sftp_event(
+            PathRenamed(
+                self._session.district,
+                old.virtual,
+                new.virtual,
+                old.real,
+                new.real,
+                self._session.session_id,
+            )
+        )
 
     async def readlink(self, path: bytes) -> bytes:
         # Districts cannot create links; any link below the root was planted and its
@@ -279,19 +334,25 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         raise asyncssh.SFTPInvalidParameter("not a symbolic link")
 
     async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
-        raise self._deny("symlink", newpath, Denied(
-            "symlink_refused", "symbolic links are not supported on this server"))
+        raise self._deny(
+            "symlink",
+            newpath,
+            Denied("symlink_refused", "symbolic links are not supported on this server"),
+        )
 
     async def link(self, oldpath: bytes, newpath: bytes) -> None:
-        raise self._deny("link", newpath, Denied(
-            "hardlink_refused", "hard links are not supported on this server"))
+        raise self._deny(
+            "link",
+            newpath,
+            Denied("hardlink_refused", "hard links are not supported on this server"),
+        )
 
     async def statvfs(self, path: bytes) -> os.statvfs_result:
         self._resolve("statvfs", path, Access.READ)
-        return await self._io(os.statvfs, self._chroot.root)
+        return await self._io(os.statvfs, self._paths.root)
 
     async def fstatvfs(self, file_obj: object) -> os.statvfs_result:
-        return await self._io(os.statvfs, self._chroot.root)
+        return await self._io(os.statvfs, self._paths.root)
 
 
 def _as_handle(file_obj: object) -> _Handle:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import asyncssh
 
-# (file name, asyncssh algorithm, generation options). ed25519 first: it is what modern
+# (file name, asyncssh algorithm, RSA key size). ed25519 first: it is what modern
 # clients pick; RSA 3072 (signing with rsa-sha2-256/512 only) serves older clients.
-_HOST_KEYS: tuple[tuple[str, str, dict[str, int]], ...] = (
-    ("ssh_host_ed25519_key", "ssh-ed25519", {}),
-    ("ssh_host_rsa_key", "ssh-rsa", {"key_size": 3072}),
+_HOST_KEYS: tuple[tuple[str, str, int], ...] = (
+    ("ssh_host_ed25519_key", "ssh-ed25519", 0),
+    ("ssh_host_rsa_key", "ssh-rsa", 3072),
 )
 
 
@@ -43,10 +43,15 @@ def load_or_create_host_keys(directory: Path) -> list[HostKey]:
     """Load the host keys from ``directory``, generating any that are missing."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     keys = []
-    for name, algorithm, options in _HOST_KEYS:
+    for name, algorithm, rsa_bits in _HOST_KEYS:
         path = directory / name
         if not path.exists():
-            _write_private(path, asyncssh.generate_private_key(algorithm, **options))
+            key = (
+                asyncssh.generate_private_key(algorithm, key_size=rsa_bits)
+                if rsa_bits
+                else asyncssh.generate_private_key(algorithm)
+            )
+            _write_private(path, key)
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             # A readable private key is a leaked key; tighten it rather than refuse to start.

@@ -80,14 +80,20 @@ class _Limits:
 class SFTPService:
     """Accepts SSH connections for districts and serves their SFTP sessions."""
 
-    def __init__(self, settings: ServerConfig, host_keys: list[HostKey],
-                 districts: DistrictDirectory, events: SFTPEventHandler | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerConfig,
+        host_keys: list[HostKey],
+        districts: DistrictDirectory,
+        events: SFTPEventHandler | None = None,
+    ) -> None:
         asyncssh_compat.install()
         self.settings = settings
         self.host_keys = host_keys
         self.districts = districts
-        self.limits = _Limits(settings.max_connections, settings.max_sessions_per_district,
-                              settings.max_auth_attempts)
+        self.limits = _Limits(
+            settings.max_connections, settings.max_sessions_per_district, settings.max_auth_attempts
+        )
         # File I/O threads; sized for many concurrent sessions, not for CPU.
         self.runtime = SFTPRuntime(
             executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="sftp-io"),
@@ -162,6 +168,9 @@ class SFTPService:
         waiters = [c.closed.wait() for c in list(self.connections)]
         if waiters:
             await asyncio.wait_for(asyncio.gather(*waiters), timeout=10)
+        # asyncssh closes the handles of a dead session in the session's own task, after
+        # the connection is gone; wait for that so every upload gets its aborted event.
+        await asyncio.wait_for(self.open_uploads.wait_empty(), timeout=10)
         self.runtime.executor.shutdown(wait=True)
         self.auth_executor.shutdown(wait=False, cancel_futures=True)
 
@@ -199,9 +208,12 @@ class DistrictConnection(asyncssh.SSHServer):
 
     def _refuse(self, reason: str, message: str) -> None:
         self.refused = True
-        self.log.warning("connection.refused", reason=reason,
-                         connections=len(self.service.connections),
-                         **({"district": self.username} if self.username else {}))
+        self.log.warning(
+            "connection.refused",
+            reason=reason,
+            connections=len(self.service.connections),
+            **({"district": self.username} if self.username else {}),
+        )
         assert self.conn is not None
         self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, message)
 
@@ -269,22 +281,32 @@ class DistrictConnection(asyncssh.SSHServer):
 
     def _auth_failed(self, method: str, reason: str, **fields: Any) -> None:
         self.auth_failures += 1
-        self.log.warning("auth.failed", district=self.username, method=method, reason=reason,
-                         attempt=self.auth_failures, **fields)
+        self.log.warning(
+            "auth.failed",
+            district=self.username,
+            method=method,
+            reason=reason,
+            attempt=self.auth_failures,
+            **fields,
+        )
         if self.auth_failures >= self.service.limits.max_auth_attempts and self.conn:
-            self.log.warning("connection.refused", reason="max_auth_attempts",
-                             district=self.username)
-            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
-                                 "Too many authentication failures")
+            self.log.warning(
+                "connection.refused", reason="max_auth_attempts", district=self.username
+            )
+            self.conn.disconnect(
+                asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "Too many authentication failures"
+            )
 
     def auth_completed(self) -> None:
         service = self.service
         district = self.username
         active = service.sessions_by_district.get(district, 0)
         if active >= service.limits.max_sessions_per_district:
-            self._refuse("max_sessions_per_district",
-                         f"Too many sessions for {district}: at most "
-                         f"{service.limits.max_sessions_per_district} at once")
+            self._refuse(
+                "max_sessions_per_district",
+                f"Too many sessions for {district}: at most "
+                f"{service.limits.max_sessions_per_district} at once",
+            )
             return
         service.sessions_by_district[district] = active + 1
         self.log = self.log.bind(district=district)

@@ -26,8 +26,9 @@ _HASH_CHUNK = 1024 * 1024
 class FileWriter:
     """Ordered, asynchronous writes to one open file descriptor."""
 
-    def __init__(self, fd: int, executor: Executor | None = None,
-                 max_pending: int = DEFAULT_MAX_PENDING) -> None:
+    def __init__(
+        self, fd: int, executor: Executor | None = None, max_pending: int = DEFAULT_MAX_PENDING
+    ) -> None:
         self.fd = fd
         self.bytes_written = 0
         self._executor = executor
@@ -51,9 +52,7 @@ class FileWriter:
             self.bytes_written += len(data)
             if not self._running:
                 self._running = True
-                self._job = asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._drain
-                )
+                self._job = asyncio.get_running_loop().run_in_executor(self._executor, self._drain)
             over_limit = self._pending_bytes > self._max_pending
         if over_limit:
             await self.flush()

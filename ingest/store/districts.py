@@ -85,7 +85,7 @@ def parse_public_key(text: str) -> tuple[asyncssh.SSHKey, str]:
     if algorithm == "ssh-dss":
         raise DistrictError("DSA keys are not accepted; generate one with ssh-keygen -t ed25519")
     if algorithm == "ssh-rsa":
-        bits = key.pyca_key.key_size
+        bits = getattr(key.pyca_key, "key_size", 0)
         if bits < MIN_RSA_BITS:
             raise DistrictError(
                 f"RSA key of {bits} bits is too weak; use at least {MIN_RSA_BITS} bits or ed25519"
@@ -132,8 +132,9 @@ class DistrictStore:
         for path in (root, root / UPLOAD_DIR, root / PROCESSED_DIR):
             path.mkdir(mode=0o750, parents=True, exist_ok=True)
 
-    def _insert_key(self, conn: sqlite3.Connection, name: str, key: asyncssh.SSHKey, algorithm: str,
-                    now: str) -> str:
+    def _insert_key(
+        self, conn: sqlite3.Connection, name: str, key: asyncssh.SSHKey, algorithm: str, now: str
+    ) -> str:
         fingerprint = key.get_fingerprint("sha256")
         line = key.export_public_key("openssh").decode("ascii").strip()
         comment = key.get_comment() or ""
@@ -202,7 +203,7 @@ class DistrictStore:
             raise DistrictError(f"no district named {name!r}; see `ingest district list`")
         return district
 
-    def list(self) -> list[District]:
+    def list_all(self) -> list[District]:
         with self.db.connect() as conn:
             rows = conn.execute("SELECT * FROM districts ORDER BY name").fetchall()
             return [self._district(conn, row) for row in rows]

@@ -1,0 +1,221 @@
+"""Upload tracking: finished only on an explicit close, aborted otherwise, open files known."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ingest.config import load_config
+from ingest.logging import configure_logging
+from ingest.server import Server
+from ingest.sftp import SFTPEvent, UploadAborted, UploadFinished, UploadStarted
+from ingest.sftp.writer import FileWriter
+from tests.clients import paramiko_client, ssh_options
+from tests.harness import Credentials, Daemon, require_tool, wait_until
+
+
+def test_dropped_session_is_aborted_not_finished(daemon: Daemon, district: Credentials) -> None:
+    client = paramiko_client(daemon, district)
+    sftp = client.open_sftp()
+    fh = sftp.open("/upload/half.csv", "wb")
+    fh.write(b"x" * 50_000)
+    fh.flush()
+    daemon.wait_for("upload.started", district=district.name, path="/upload/half.csv")
+    transport = client.get_transport()
+    assert transport is not None
+    transport.sock.close()  # the network goes away: no FXP_CLOSE, no SSH disconnect
+    aborted = daemon.wait_for("upload.aborted", district=district.name, path="/upload/half.csv")
+    assert aborted["reason"] == "session_closed"
+    assert not daemon.events("upload.finished", district=district.name)
+
+
+def test_killed_openssh_client_mid_file_is_aborted(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    require_tool("sftp")
+    big = tmp_path / "big.csv"
+    with big.open("wb") as fh:
+        fh.truncate(512 * 1024 * 1024)  # sparse: big enough to still be running when killed
+    proc = subprocess.Popen(
+        [
+            "sftp",
+            "-b",
+            "-",
+            "-P",
+            str(daemon.port),
+            *ssh_options(daemon, district),
+            f"{district.name}@127.0.0.1",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write("put big.csv /upload/big.csv\n")
+    proc.stdin.flush()
+    daemon.wait_for("upload.started", district=district.name, path="/upload/big.csv")
+    wait_until(
+        lambda: (daemon.root(district.name) / "upload/big.csv").stat().st_size > 0,
+        what="first bytes on disk",
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    aborted = daemon.wait_for("upload.aborted", district=district.name, path="/upload/big.csv")
+    assert 0 < aborted["bytes"] < 512 * 1024 * 1024
+    assert not daemon.events("upload.finished", district=district.name, path="/upload/big.csv")
+
+
+class _Recorder:
+    """An SFTPEventHandler that keeps what it is told, for the in-process server below."""
+
+    def __init__(self) -> None:
+        self.events: list[SFTPEvent] = []
+        self.lock = threading.Lock()
+
+    def handle_sftp_event(self, event: SFTPEvent) -> None:
+        with self.lock:
+            self.events.append(event)
+
+    def of(self, kind: type) -> list[SFTPEvent]:
+        with self.lock:
+            return [e for e in self.events if isinstance(e, kind)]
+
+
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[tuple[Server, _Recorder, Daemon]]:
+    """The Server object in this process, so the typed interfaces can be checked directly."""
+    env = {
+        "INGEST_STORAGE_DATA_DIR": str(tmp_path / "data"),
+        "INGEST_SERVER_PORT": "0",
+        "INGEST_SERVER_HOST": "127.0.0.1",
+        "INGEST_LOGGING_FORMAT": "json",
+    }
+    config = load_config(environ=env)
+    configure_logging(config.logging)
+    recorder = _Recorder()
+    server = Server(config, events=recorder)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.startup())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(30)
+    # A Daemon view without a subprocess, for the client helpers (port, keys, roots).
+    view = Daemon(proc=None, data_dir=tmp_path / "data", env=env, port=server.port or 0)  # type: ignore[arg-type]
+    try:
+        yield server, recorder, view
+    finally:
+        asyncio.run_coroutine_threadsafe(server.shutdown(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_typed_events_and_open_uploads(
+    in_process: tuple[Server, _Recorder, Daemon], tmp_path: Path
+) -> None:
+    server, recorder, view = in_process
+    creds = view.add_district("typed")
+    assert server.sftp is not None
+    open_uploads = server.sftp.open_uploads
+    real = view.root("typed").resolve() / "upload" / "users.csv"
+    data = os.urandom(100_000)
+    with paramiko_client(view, creds) as client:
+        sftp = client.open_sftp()
+        fh = sftp.open("/upload/users.csv", "wb")
+        fh.write(data[:60_000])
+        fh.flush()
+        wait_until(lambda: open_uploads.is_open(real), what="file registered as open")
+        assert open_uploads.open_under(real.parent) == [real]
+        assert isinstance(recorder.of(UploadStarted)[0], UploadStarted)
+        fh.write(data[60_000:])
+        fh.close()
+        wait_until(lambda: recorder.of(UploadFinished), what="UploadFinished")
+        assert not open_uploads.is_open(real)
+        fh = sftp.open("/upload/partial.csv", "wb")
+        fh.write(b"abc")
+        fh.flush()
+        wait_until(lambda: len(open_uploads) == 1, what="second upload open")
+    wait_until(lambda: recorder.of(UploadAborted), what="UploadAborted when the session ends")
+    finished = recorder.of(UploadFinished)[0]
+    assert isinstance(finished, UploadFinished)
+    assert finished.sha256 == hashlib.sha256(data).hexdigest()
+    assert finished.size == finished.bytes == len(data)
+    assert finished.path == "/upload/users.csv" and finished.district == "typed"
+    aborted = recorder.of(UploadAborted)[0]
+    assert isinstance(aborted, UploadAborted) and aborted.path == "/upload/partial.csv"
+    assert len(open_uploads) == 0
+
+
+# --- FileWriter, the write-behind under every upload --------------------------------------
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_writer_sequential_hash_matches_file(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    chunks = [os.urandom(32_768) for _ in range(64)]
+
+    async def go() -> tuple[str, int]:
+        writer = FileWriter(fd, max_pending=100_000)
+        offset = 0
+        for chunk in chunks:
+            await writer.write(offset, chunk)
+            offset += len(chunk)
+        await writer.flush()
+        return writer.sha256_blocking()
+
+    digest, size = _run(go())
+    os.close(fd)
+    assert path.read_bytes() == b"".join(chunks)
+    assert digest == hashlib.sha256(b"".join(chunks)).hexdigest() and size == 64 * 32_768
+
+
+def test_writer_out_of_order_writes_fall_back_to_rehash(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    async def go() -> tuple[str, int]:
+        writer = FileWriter(fd)
+        await writer.write(5, b"world")
+        await writer.write(0, b"hello")
+        await writer.flush()
+        return writer.sha256_blocking()
+
+    digest, size = _run(go())
+    os.close(fd)
+    assert path.read_bytes() == b"helloworld"
+    assert digest == hashlib.sha256(b"helloworld").hexdigest() and size == 10
+
+
+def test_writer_reports_write_errors_on_flush(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)  # every pwrite fails with EBADF
+
+    async def go() -> None:
+        writer = FileWriter(fd)
+        await writer.write(0, b"data")
+        await writer.flush()
+
+    with pytest.raises(OSError):
+        _run(go())
+    os.close(fd)
