@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
@@ -91,9 +92,21 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._runtime.executor, fn, *args)
 
-    def _resolve(self, operation: str, path: bytes, access: Access) -> Resolved:
+    async def _on_path(
+        self, operation: str, path: bytes, access: Access, fn: Callable[[Path], T]
+    ) -> tuple[Resolved, T]:
+        """Resolve ``path`` and run ``fn`` on the real path, both in one worker-thread hop.
+
+        Resolution itself touches the file system (the symlink check), so it belongs off
+        the event loop with the operation it guards.
+        """
+
+        def work() -> tuple[Resolved, T]:
+            resolved = self._paths.resolve(path, access)
+            return resolved, fn(resolved.real)
+
         try:
-            return self._paths.resolve(path, access)
+            return await self._io(work)
         except Denied as denial:
             raise self._deny(operation, path, denial) from None
 
@@ -112,11 +125,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Handle:
         writing = bool(pflags & _WRITE_FLAGS)
-        resolved = self._resolve("open", path, Access.WRITE if writing else Access.READ)
         if writing and self._runtime.draining:
             raise self._deny(
                 "open",
-                resolved.virtual,
+                path,
                 Denied("shutting_down", "the server is restarting; retry the upload in a minute"),
             )
         # Write handles are opened read-write whatever the client asked: the server reads
@@ -128,7 +140,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             flags |= os.O_TRUNC
         if pflags & asyncssh.FXF_EXCL:
             flags |= os.O_EXCL
-        fd = await self._io(os.open, resolved.real, flags, FILE_MODE)
+        access = Access.WRITE if writing else Access.READ
+        resolved, fd = await self._on_path(
+            "open", path, access, lambda real: os.open(real, flags, FILE_MODE)
+        )
         handle = _Handle(fd, resolved)
         if not writing:
             return handle
@@ -262,40 +277,37 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     # --- paths -----------------------------------------------------------------------
 
     async def stat(self, path: bytes) -> os.stat_result:
-        resolved = self._resolve("stat", path, Access.READ)
-        return await self._io(os.lstat, resolved.real)
+        # Paths through links are refused, so stat never has a link to follow.
+        return (await self._on_path("stat", path, Access.READ, os.lstat))[1]
 
     async def lstat(self, path: bytes) -> os.stat_result:
-        resolved = self._resolve("lstat", path, Access.READ)
-        return await self._io(os.lstat, resolved.real)
+        return (await self._on_path("lstat", path, Access.READ, os.lstat))[1]
 
     async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
-        access = Access.READ if attrs.size is None else Access.WRITE
-        resolved = self._resolve("setstat", path, access)
-        await self._io(os.lstat, resolved.real)  # a missing path is still an error
-        if attrs.size is not None:
-            await self._io(os.truncate, resolved.real, attrs.size)
+        # Times, permissions and ownership are accepted and ignored (see fsetstat); a
+        # missing path is still an error, and a size change is a truncate.
+        if attrs.size is None:
+            await self._on_path("setstat", path, Access.READ, os.lstat)
+        else:
+            size = attrs.size
+            await self._on_path("setstat", path, Access.WRITE, lambda p: os.truncate(p, size))
 
     async def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         await self.setstat(path, attrs)
 
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
-        resolved = self._resolve("opendir", path, Access.READ)
-        entries = await self._io(_list_dir, resolved.real)
+        _, entries = await self._on_path("opendir", path, Access.READ, _list_dir)
         for name, stat_result in entries:
             yield SFTPName(name, attrs=SFTPAttrs.from_local(stat_result))
 
     async def remove(self, path: bytes) -> None:
-        resolved = self._resolve("remove", path, Access.WRITE)
-        await self._io(os.unlink, resolved.real)
+        await self._on_path("remove", path, Access.WRITE, os.unlink)
 
     async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
-        resolved = self._resolve("mkdir", path, Access.WRITE)
-        await self._io(os.mkdir, resolved.real, DIR_MODE)
+        await self._on_path("mkdir", path, Access.WRITE, lambda p: os.mkdir(p, DIR_MODE))
 
     async def rmdir(self, path: bytes) -> None:
-        resolved = self._resolve("rmdir", path, Access.WRITE)
-        await self._io(os.rmdir, resolved.real)
+        await self._on_path("rmdir", path, Access.WRITE, os.rmdir)
 
     async def realpath(self, path: bytes) -> bytes:
         try:
@@ -310,9 +322,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         await self._rename("posix-rename", oldpath, newpath, replace=True)
 
     async def _rename(self, operation: str, oldpath: bytes, newpath: bytes, replace: bool) -> None:
-        old = self._resolve(operation, oldpath, Access.WRITE)
-        new = self._resolve(operation, newpath, Access.WRITE)
-        await self._io(_rename, old.real, new.real, replace)
+        new = (await self._on_path(operation, newpath, Access.WRITE, lambda p: None))[0]
+        old, _ = await self._on_path(
+            operation, oldpath, Access.WRITE, lambda p: _rename(p, new.real, replace)
+        )
         self._runtime.open_uploads.renamed(old.real, new.real)
         self._log.info("sftp.renamed", old_path=old.virtual, new_path=new.virtual)
         self._runtime.events.handle_sftp_event(
@@ -329,8 +342,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     async def readlink(self, path: bytes) -> bytes:
         # Districts cannot create links; any link below the root was planted and its
         # target is none of the district's business.
-        resolved = self._resolve("readlink", path, Access.READ)
-        await self._io(os.lstat, resolved.real)
+        await self._on_path("readlink", path, Access.READ, os.lstat)
         raise asyncssh.SFTPInvalidParameter("not a symbolic link")
 
     async def symlink(self, oldpath: bytes, newpath: bytes) -> None:
@@ -348,8 +360,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         )
 
     async def statvfs(self, path: bytes) -> os.statvfs_result:
-        self._resolve("statvfs", path, Access.READ)
-        return await self._io(os.statvfs, self._paths.root)
+        return (await self._on_path("statvfs", path, Access.READ, os.statvfs))[1]
 
     async def fstatvfs(self, file_obj: object) -> os.statvfs_result:
         return await self._io(os.statvfs, self._paths.root)
