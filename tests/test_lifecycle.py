@@ -62,7 +62,11 @@ def test_sigterm_grace_expires_and_open_upload_is_aborted(tmp_path: Path) -> Non
 
 
 def test_sigint_on_idle_server_exits_zero(tmp_path: Path) -> None:
-    with run_daemon(tmp_path) as daemon:
+    with run_daemon(tmp_path, logging_asyncssh_level="info") as daemon:
+        socket.create_connection(("127.0.0.1", daemon.port), timeout=5).close()
+        # asyncssh's stdlib records arrive through the same JSON pipeline, renamed
+        library = daemon.wait_for("lib.log", logger="asyncssh")
+        assert library["message"] and library["level"] == "info"
         daemon.signal(signal.SIGINT)
         assert daemon.wait_exit() == 0
         daemon.wait_for("server.stopped")
