@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ingest import __version__
 from ingest.config import Config, ConfigError, load_config
-from ingest.logging import configure_logging
+from ingest.logging import configure_logging, get_logger
 from ingest.server import Server
 from ingest.sftp import load_or_create_host_keys
 from ingest.store import Database, DistrictError, DistrictStore
@@ -124,7 +124,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
     configure_logging(config.logging)
-    asyncio.run(Server(config).serve())
+    try:
+        asyncio.run(Server(config).serve())
+    except OSError as exc:
+        # Port taken, data_dir not writable, ...: one clear event instead of a traceback.
+        get_logger("ingest.server").error(
+            "server.failed",
+            error=str(exc),
+            host=config.server.host,
+            port=config.server.port,
+            data_dir=str(config.data_dir),
+        )
+        return 1
     return 0
 
 

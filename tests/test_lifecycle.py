@@ -6,6 +6,8 @@ import json
 import signal
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import paramiko
@@ -135,3 +137,23 @@ def test_host_keys_generated_once_private_and_reused(tmp_path: Path) -> None:
     with run_daemon(tmp_path) as daemon:
         assert daemon.wait_for("server.started")["fingerprints"] == first
     assert set(first) == {"ssh-ed25519", "ssh-rsa"}
+
+
+def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
+    with run_daemon(tmp_path / "first") as first:
+        env = {
+            **first.env,
+            "INGEST_SERVER_PORT": str(first.port),
+            "INGEST_STORAGE_DATA_DIR": str(tmp_path / "second"),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "ingest", "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    failed = [json.loads(line) for line in result.stdout.splitlines()]
+    assert failed[-1]["event"] == "server.failed"
+    assert "Traceback" not in result.stdout + result.stderr
