@@ -134,7 +134,7 @@ def test_typed_events_and_open_uploads(
     assert server.sftp is not None
     open_uploads = server.sftp.open_uploads
     real = view.root("typed").resolve() / "upload" / "users.csv"
-    data = os.urandom(100_000)
+    data = os.urandom(3 * 1024 * 1024)  # above INLINE_DIGEST_MAX: digest after the reply
     with paramiko_client(view, creds) as client:
         sftp = client.open_sftp()
         fh = sftp.open("/upload/users.csv", "wb")
@@ -175,13 +175,14 @@ def test_writer_sequential_hash_matches_file(tmp_path: Path) -> None:
     chunks = [os.urandom(32_768) for _ in range(64)]
 
     async def go() -> tuple[str, int]:
-        writer = FileWriter(fd, max_pending=100_000)
+        writer = FileWriter(fd, batch=65_536, max_pending=100_000)
         offset = 0
         for chunk in chunks:
             await writer.write(offset, chunk)
             offset += len(chunk)
         await writer.flush()
-        return writer.sha256_blocking()
+        size = writer.finish_blocking()
+        return writer.digest.hexdigest(size), size
 
     digest, size = _run(go())
     os.close(fd)
@@ -197,13 +198,34 @@ def test_writer_out_of_order_writes_fall_back_to_rehash(tmp_path: Path) -> None:
         writer = FileWriter(fd)
         await writer.write(5, b"world")
         await writer.write(0, b"hello")
-        await writer.flush()
-        return writer.sha256_blocking()
+        await writer.wait_idle()  # nothing started: both chunks are below the batch size
+        size = writer.finish_blocking()
+        return writer.digest.hexdigest(size), size
 
     digest, size = _run(go())
     os.close(fd)
     assert path.read_bytes() == b"helloworld"
     assert digest == hashlib.sha256(b"helloworld").hexdigest() and size == 10
+
+
+def test_stream_digest_hashes_in_background_and_falls_back(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ingest.sftp.writer import StreamDigest
+
+    data = os.urandom(5 * 1024 * 1024 + 7)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    with ThreadPoolExecutor(1) as pool:
+        digest = StreamDigest(fd, pool)
+        for start in range(0, len(data), 1024 * 1024):
+            digest.written(start, min(start + 1024 * 1024, len(data)))
+        assert digest.hexdigest(len(data)) == hashlib.sha256(data).hexdigest()
+        resumed = StreamDigest(fd, pool)  # first write not at 0: whole-file hash at the end
+        resumed.written(1000, len(data))
+        assert resumed.hexdigest(len(data)) == hashlib.sha256(data).hexdigest()
+    os.close(fd)
 
 
 def test_writer_reports_write_errors_on_flush(tmp_path: Path) -> None:
@@ -219,3 +241,24 @@ def test_writer_reports_write_errors_on_flush(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         _run(go())
     os.close(fd)
+
+
+def test_writer_batches_hand_offs_and_finishes_queued_data(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    async def go() -> tuple[int, tuple[str, int]]:
+        writer = FileWriter(fd, batch=1_000_000)
+        for i in range(10):
+            await writer.write(i * 1000, bytes([i]) * 1000)
+        jobs_started = int(writer._job is not None)
+        await writer.wait_idle()
+        size = writer.finish_blocking()
+        return jobs_started, (writer.digest.hexdigest(size), size)
+
+    jobs_started, (digest, size) = _run(go())
+    os.close(fd)
+    expected = b"".join(bytes([i]) * 1000 for i in range(10))
+    assert jobs_started == 0  # 10 KB is below one batch: no thread hand-off at all
+    assert path.read_bytes() == expected
+    assert (digest, size) == (hashlib.sha256(expected).hexdigest(), 10_000)

@@ -55,10 +55,13 @@ class SessionState:
 class SFTPRuntime:
     """What all SFTP sessions of one server share."""
 
-    executor: Executor
+    executor: Executor  # blocking file system calls
+    hash_executor: Executor  # low-priority background hashing (writer.StreamDigest)
     events: SFTPEventHandler
     open_uploads: OpenUploads = field(default_factory=OpenUploads)
     draining: bool = False
+    # Digests finishing after the client's close was answered; referenced so they run on.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 @dataclass(eq=False)
@@ -147,7 +150,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         handle = _Handle(fd, resolved)
         if not writing:
             return handle
-        handle.writer = FileWriter(fd, self._runtime.executor)
+        handle.writer = FileWriter(fd, self._runtime.executor, self._runtime.hash_executor)
         if pflags & asyncssh.FXF_APPEND:
             handle.append_at = (await self._io(os.fstat, fd)).st_size
         handle.upload = OpenUpload(self._session.district, resolved.real, self._session.session_id)
@@ -167,49 +170,83 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         if writer is None or upload is None:
             await self._io(os.close, handle.fd)
             return
-        error: OSError | None = None
-        digest = ""
-        size = 0
-        try:
-            await writer.flush()
-            if explicit:
-                digest, size = await self._io(writer.sha256_blocking)
-        except OSError as exc:
-            error = exc
-        finally:
-            await self._io(os.close, handle.fd)
-            self._runtime.open_uploads.discard(upload)
         duration = round(time.monotonic() - handle.opened, 6)
         virtual = self._paths.to_virtual(upload.real_path)
-        if explicit and error is None:
-            self._log.info(
-                "upload.finished",
-                path=virtual,
-                bytes=writer.bytes_written,
-                size=size,
-                duration=duration,
-                sha256=digest,
-            )
-            self._runtime.events.handle_sftp_event(
-                UploadFinished(
-                    upload.district,
-                    virtual,
-                    upload.real_path,
-                    upload.session_id,
-                    writer.bytes_written,
-                    size,
-                    duration,
-                    digest,
-                )
-            )
+        try:
+            await writer.wait_idle()
+            # Queued data is written on abort too: a partial file is what a client resumes
+            # from. Small files are hashed and closed in the same worker-thread hop.
+            size, digest = await self._io(_finish_writes, writer, explicit)
+        except OSError as error:
+            self._upload_aborted(upload, virtual, writer, duration, "write_error", error)
+            if explicit:
+                raise  # the client asked; during session clean-up nobody is listening
             return
-        reason = (
-            "write_error"
-            if error is not None
-            else "server_shutdown"
-            if self._runtime.draining
-            else "session_closed"
+        if not explicit:
+            reason = "server_shutdown" if self._runtime.draining else "session_closed"
+            self._upload_aborted(upload, virtual, writer, duration, reason)
+        elif digest is not None:
+            self._upload_finished(upload, virtual, writer, duration, size, digest)
+        else:
+            # Every byte is on disk: answer the client now and let the digest catch up in
+            # the background; the file stays in OpenUploads until it is announced.
+            task = asyncio.create_task(self._finish_digest(upload, virtual, writer, duration, size))
+            self._runtime.background.add(task)
+            task.add_done_callback(self._runtime.background.discard)
+
+    async def _finish_digest(
+        self, upload: OpenUpload, virtual: str, writer: FileWriter, duration: float, size: int
+    ) -> None:
+        try:
+            digest = await self._io(_digest_and_close, writer, size)
+        except OSError as error:
+            self._upload_aborted(upload, virtual, writer, duration, "read_error", error)
+            return
+        self._upload_finished(upload, virtual, writer, duration, size, digest)
+
+    def _upload_finished(
+        self,
+        upload: OpenUpload,
+        virtual: str,
+        writer: FileWriter,
+        duration: float,
+        size: int,
+        digest: str,
+    ) -> None:
+        # Out of OpenUploads first, so a listener asking "is anything still open?" on this
+        # event gets the right answer.
+        self._runtime.open_uploads.discard(upload)
+        self._log.info(
+            "upload.finished",
+            path=virtual,
+            bytes=writer.bytes_written,
+            size=size,
+            duration=duration,
+            sha256=digest,
         )
+        self._runtime.events.handle_sftp_event(
+            UploadFinished(
+                upload.district,
+                virtual,
+                upload.real_path,
+                upload.session_id,
+                writer.bytes_written,
+                size,
+                duration,
+                digest,
+            )
+        )
+
+    def _upload_aborted(
+        self,
+        upload: OpenUpload,
+        virtual: str,
+        writer: FileWriter,
+        duration: float,
+        reason: str,
+        error: OSError | None = None,
+    ) -> None:
+        self._runtime.open_uploads.discard(upload)
         self._log.warning(
             "upload.aborted",
             path=virtual,
@@ -229,8 +266,6 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
                 reason,
             )
         )
-        if error is not None and explicit:
-            raise error  # the client asked; during session clean-up nobody is listening
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         handle = _as_handle(file_obj)
@@ -364,6 +399,34 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     async def fstatvfs(self, file_obj: object) -> os.statvfs_result:
         return await self._io(os.statvfs, self._paths.root)
+
+
+INLINE_DIGEST_MAX = 1024 * 1024  # hash files up to this size inside the close hop
+
+
+def _finish_writes(writer: FileWriter, explicit: bool) -> tuple[int, str | None]:
+    """Worker thread: the last writes, then the digest and close of a small finished upload.
+
+    A large finished upload keeps its descriptor open for :func:`_digest_and_close`, which
+    runs after the client has its answer; every other outcome closes it here.
+    """
+    keep_open = False
+    try:
+        size = writer.finish_blocking()
+        if explicit and size > INLINE_DIGEST_MAX:
+            keep_open = True
+            return size, None
+        return size, writer.digest.hexdigest(size) if explicit else None
+    finally:
+        if not keep_open:
+            os.close(writer.fd)
+
+
+def _digest_and_close(writer: FileWriter, size: int) -> str:
+    try:
+        return writer.digest.hexdigest(size)
+    finally:
+        os.close(writer.fd)
 
 
 def _as_handle(file_obj: object) -> _Handle:

@@ -25,6 +25,7 @@ from ingest.sftp.events import IgnoreEvents, OpenUploads, SFTPEventHandler
 from ingest.sftp.fs import DistrictSFTPServer, SessionState, SFTPRuntime
 from ingest.sftp.hostkeys import HostKey
 from ingest.sftp.paths import Chroot
+from ingest.sftp.writer import lower_thread_priority
 
 # Pinned algorithms; docs/security.md explains each choice. No SHA-1, no CBC, no DH groups.
 KEX_ALGS = ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
@@ -97,6 +98,9 @@ class SFTPService:
         # File I/O threads; sized for many concurrent sessions, not for CPU.
         self.runtime = SFTPRuntime(
             executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="sftp-io"),
+            hash_executor=ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix="sftp-hash", initializer=lower_thread_priority
+            ),
             events=events or IgnoreEvents(),
         )
         # argon2 is deliberately slow and memory-hungry: two threads bound what a flood of
@@ -172,6 +176,7 @@ class SFTPService:
         # the connection is gone; wait for that so every upload gets its aborted event.
         await asyncio.wait_for(self.open_uploads.wait_empty(), timeout=10)
         self.runtime.executor.shutdown(wait=True)
+        self.runtime.hash_executor.shutdown(wait=True)
         self.auth_executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -1,48 +1,155 @@
 """Write-behind for uploads: file I/O and hashing off the event loop, without serialising.
 
 asyncssh handles one SFTP request at a time per session, so awaiting a thread for every
-32 KiB write would put a thread round trip on the critical path of each packet. Instead a
-write is queued and acknowledged at once; one worker job per file drains the queue in
-order, hashing as it goes (hashlib releases the GIL, so hashing runs beside the loop).
-Backpressure: past ``max_pending`` queued bytes the session waits for the disk, and only
-that session does. A write error is reported on the next write, flush or close of the
-handle, like a write-back cache; :meth:`flush` runs before anything that must see the data
-on disk (close, fstat, read, fsync).
+write would put a thread round trip on the critical path of each packet. Instead a write
+is queued and acknowledged at once. Once ``batch`` bytes are queued, one worker job drains
+the queue in order; batching keeps the hand-offs between threads to about one per
+``batch`` bytes. Backpressure: past ``max_pending`` queued bytes the session waits for the
+disk, and only that session does. A write error is reported on the next write, flush or
+close of the handle, like a write-back cache; :meth:`FileWriter.flush` runs before anything
+that must see the data on disk (fstat, read, fsync).
+
+The SHA-256 of an upload is computed alongside the writes by :class:`StreamDigest`: a
+low-priority worker hashes the written prefix from the page cache as it grows, at up to
+``BACKGROUND_HASH_RATE``, which keeps pace with any WAN upload; whatever a faster upload
+left unhashed is hashed after the client's close has been answered (bench/upload.py shows
+why: on a loaded machine, hashing at full speed during the transfer costs throughput).
+Memory stays bounded whatever the file size: nothing is kept but the page cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import Executor
 
+DEFAULT_BATCH = 1024 * 1024
 DEFAULT_MAX_PENDING = 8 * 1024 * 1024
 _HASH_CHUNK = 1024 * 1024
+# Background hashing keeps pace with any WAN upload but never competes with a very fast
+# (LAN, loopback) one for CPU: beyond this rate the rest is hashed after the close.
+BACKGROUND_HASH_RATE = 128 * 1024 * 1024  # bytes per second per upload
+
+
+def lower_thread_priority() -> None:
+    """ThreadPoolExecutor initializer: make background hashing yield to transfers."""
+    with contextlib.suppress(OSError):  # not permitted here: run at normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+class StreamDigest:
+    """SHA-256 of a file written front to back, hashed from the page cache as it grows.
+
+    The writer reports each completed write with :meth:`written`. While the writes are
+    sequential from offset 0, a background job on ``executor`` hashes the newly written
+    prefix; anything else (resume at an offset, random access) makes :meth:`hexdigest`
+    hash the whole file once at the end instead.
+    """
+
+    def __init__(self, fd: int, executor: Executor | None) -> None:
+        self._fd = fd
+        self._executor = executor
+        self._lock = threading.Lock()  # guards _written_to, _sequential, _running, _final
+        self._hash_lock = threading.Lock()  # one hasher at a time; guards the hash state
+        self._hash = hashlib.sha256()
+        self._hashed_to = 0
+        self._written_to = 0
+        self._sequential = True
+        self._running = False
+        self._final = False
+
+    def written(self, start: int, end: int) -> None:
+        with self._lock:
+            if start == self._written_to:
+                self._written_to = end
+            else:
+                self._sequential = False
+            start_job = (
+                self._executor is not None
+                and self._sequential
+                and not self._running
+                and not self._final
+                and self._written_to - self._hashed_to >= _HASH_CHUNK
+            )
+            if start_job:
+                self._running = True
+        if start_job:
+            assert self._executor is not None
+            self._executor.submit(self._background)
+
+    def _background(self) -> None:
+        try:
+            self._advance(background=True)
+        finally:
+            with self._lock:
+                self._running = False
+
+    def _advance(self, background: bool) -> None:
+        started, hashed = time.monotonic(), 0
+        while True:
+            if background and hashed:
+                ahead = hashed / BACKGROUND_HASH_RATE - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)  # a rate limit in a worker thread, not a wait
+            with self._hash_lock:
+                with self._lock:
+                    target = self._written_to if self._sequential else -1
+                    stop = background and self._final  # the final caller takes over
+                if stop or target <= self._hashed_to:
+                    return
+                chunk = os.pread(
+                    self._fd, min(_HASH_CHUNK, target - self._hashed_to), self._hashed_to
+                )
+                if not chunk:  # truncated under us; hexdigest() notices the size mismatch
+                    return
+                self._hash.update(chunk)
+                self._hashed_to += len(chunk)
+                hashed += len(chunk)
+
+    def hexdigest(self, size: int) -> str:
+        """Blocking: the digest of the file's first ``size`` bytes (its size after close)."""
+        with self._lock:
+            self._final = True
+        self._advance(background=False)
+        with self._hash_lock, self._lock:
+            if self._sequential and self._written_to == size and self._hashed_to == size:
+                return self._hash.hexdigest()
+        rehash = hashlib.sha256()
+        offset = 0
+        while offset < size and (chunk := os.pread(self._fd, _HASH_CHUNK, offset)):
+            rehash.update(chunk)
+            offset += len(chunk)
+        return rehash.hexdigest()
 
 
 class FileWriter:
     """Ordered, asynchronous writes to one open file descriptor."""
 
     def __init__(
-        self, fd: int, executor: Executor | None = None, max_pending: int = DEFAULT_MAX_PENDING
+        self,
+        fd: int,
+        executor: Executor | None = None,
+        hash_executor: Executor | None = None,
+        batch: int = DEFAULT_BATCH,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         self.fd = fd
         self.bytes_written = 0
         self._executor = executor
-        self._max_pending = max_pending
+        self._batch = batch
+        self._max_pending = max(max_pending, batch)
         self._lock = threading.Lock()
         self._queue: deque[tuple[int, bytes]] = deque()
         self._pending_bytes = 0
         self._running = False  # a drain job owns the queue; guarded by _lock
         self._job: asyncio.Future[None] | None = None
         self._error: OSError | None = None
-        # Hash while writing as long as the writes are sequential from offset 0; anything
-        # else (resume, random access) falls back to hashing the file once at the end.
-        self._hash: hashlib._Hash | None = hashlib.sha256()
-        self._hashed_to = 0
+        self.digest = StreamDigest(fd, hash_executor)
 
     async def write(self, offset: int, data: bytes) -> None:
         self._raise_error()
@@ -50,12 +157,16 @@ class FileWriter:
             self._queue.append((offset, data))
             self._pending_bytes += len(data)
             self.bytes_written += len(data)
-            if not self._running:
-                self._running = True
-                self._job = asyncio.get_running_loop().run_in_executor(self._executor, self._drain)
+            if self._pending_bytes >= self._batch:
+                self._start_locked()
             over_limit = self._pending_bytes > self._max_pending
         if over_limit:
             await self.flush()
+
+    def _start_locked(self) -> None:
+        if not self._running and self._queue:
+            self._running = True
+            self._job = asyncio.get_running_loop().run_in_executor(self._executor, self._drain)
 
     def _drain(self) -> None:
         """Worker thread: write queued chunks in order until the queue is empty."""
@@ -64,7 +175,12 @@ class FileWriter:
                 if not self._queue:
                     self._running = False
                     return
-                offset, data = self._queue.popleft()
+                batch = list(self._queue)
+                self._queue.clear()
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: list[tuple[int, bytes]]) -> None:
+        for offset, data in batch:
             try:
                 if self._error is None:
                     self._pwrite_all(offset, data)
@@ -76,39 +192,44 @@ class FileWriter:
 
     def _pwrite_all(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
+        start = offset
         while view:
             written = os.pwrite(self.fd, view, offset)
             view = view[written:]
             offset += written
-        if self._hash is not None:
-            if offset - len(data) == self._hashed_to:
-                self._hash.update(data)
-                self._hashed_to = offset
-            else:
-                self._hash = None
+        self.digest.written(start, offset)
 
     async def flush(self) -> None:
         """Wait until every queued write is on the file; raise the first write error."""
         while True:
             with self._lock:
+                self._start_locked()
                 job = self._job if self._running else None
             if job is None:
                 break
             await asyncio.shield(job)
         self._raise_error()
 
+    async def wait_idle(self) -> None:
+        """Wait for a running drain job without starting one (before finish_blocking)."""
+        while True:
+            with self._lock:
+                job = self._job if self._running else None
+            if job is None:
+                return
+            await asyncio.shield(job)
+
+    def finish_blocking(self) -> int:
+        """In a worker thread after :meth:`wait_idle`: write what is still queued and
+        return the file's size; raises the first write error."""
+        with self._lock:
+            assert not self._running, "finish_blocking() while a drain job runs"
+            batch = list(self._queue)
+            self._queue.clear()
+        self._write_batch(batch)
+        self._raise_error()
+        return os.fstat(self.fd).st_size
+
     def _raise_error(self) -> None:
         if self._error is not None:
             raise self._error
-
-    def sha256_blocking(self) -> tuple[str, int]:
-        """(hex sha256, size) of the whole file; call only after :meth:`flush`."""
-        size = os.fstat(self.fd).st_size
-        if self._hash is not None and self._hashed_to == size:
-            return self._hash.hexdigest(), size
-        digest = hashlib.sha256()
-        offset = 0
-        while chunk := os.pread(self.fd, _HASH_CHUNK, offset):
-            digest.update(chunk)
-            offset += len(chunk)
-        return digest.hexdigest(), offset
