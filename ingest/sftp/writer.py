@@ -28,12 +28,12 @@ import time
 from collections import deque
 from concurrent.futures import Executor
 
-DEFAULT_BATCH = 1024 * 1024
+DEFAULT_BATCH = 4 * 1024 * 1024
 DEFAULT_MAX_PENDING = 8 * 1024 * 1024
 _HASH_CHUNK = 1024 * 1024
 # Background hashing keeps pace with any WAN upload but never competes with a very fast
 # (LAN, loopback) one for CPU: beyond this rate the rest is hashed after the close.
-BACKGROUND_HASH_RATE = 128 * 1024 * 1024  # bytes per second per upload
+BACKGROUND_HASH_RATE = 64 * 1024 * 1024  # bytes per second per upload
 
 
 def lower_thread_priority() -> None:
