@@ -91,6 +91,31 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class EpochsConfig:
+    """Detecting finished uploads and handing each epoch to the processor once."""
+
+    # inotify (default) or polling, for NFS/EFS-style shared volumes that inotify misses.
+    observer: Literal["inotify", "polling"] = "inotify"
+    polling_interval: float = field(default=2.0, metadata=_check(_positive))
+    # Full scan of every district's upload/ besides the events; also run at startup.
+    reconcile_interval: float = field(default=30.0, metadata=_check(_positive))
+    # Files that did not arrive through our SFTP server must be unchanged this long.
+    quiet_period: float = field(default=10.0, metadata=_check(_non_negative))
+    # _auto.csv files finishing within this window go into one epoch together.
+    auto_settle: float = field(default=5.0, metadata=_check(_non_negative))
+    # An epoch with files but no COMPLETE after this long is reported stale (24 h).
+    stale_after: float = field(default=86400.0, metadata=_check(_positive))
+    # A processed epoch stays in /upload/ (read-only) until the sessions that uploaded it
+    # have closed, at most this long, so clients' stat/setstat after close still succeed.
+    publish_linger: float = field(default=30.0, metadata=_check(_non_negative))
+    # A file put directly into /upload/ that is not *_auto.csv: refuse it, or accept it
+    # and report it (it is never processed either way).
+    loose_files: Literal["refuse", "report"] = "refuse"
+    # What processes a claimed epoch: "filenames" checks the file names and reports.
+    processor: Literal["filenames"] = "filenames"
+
+
+@dataclass(frozen=True)
 class Config:
     """Every setting of the daemon, resolved and validated."""
 
@@ -98,6 +123,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    epochs: EpochsConfig = field(default_factory=EpochsConfig)
     # Where the settings came from, for `server.started`; not a setting itself.
     source: str = field(default="defaults", compare=False)
 
@@ -117,12 +143,23 @@ class Config:
     def districts_dir(self) -> Path:
         return self.data_dir / "districts"
 
+    @property
+    def archive_dir(self) -> Path:
+        """Server-only: an immutable copy of every claimed epoch, for processing and audit."""
+        return self.data_dir / "archive"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Server-only: epochs being built from _auto.csv files before they appear."""
+        return self.data_dir / "staging"
+
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "storage": StorageConfig,
     "database": DatabaseConfig,
     "logging": LoggingConfig,
+    "epochs": EpochsConfig,
 }
 
 

@@ -11,8 +11,15 @@ import asyncio
 import signal
 
 from ingest.config import Config
+from ingest.epochs.service import EpochService, make_processor
 from ingest.logging import flush_logs, get_logger
-from ingest.sftp import SFTPEventHandler, SFTPService, load_or_create_host_keys
+from ingest.sftp import (
+    FanOut,
+    OpenUploads,
+    SFTPEventHandler,
+    SFTPService,
+    load_or_create_host_keys,
+)
 from ingest.store import Database, DistrictStore
 
 
@@ -22,6 +29,7 @@ class Server:
         self.events = events
         self.log = get_logger("ingest.server")
         self.sftp: SFTPService | None = None
+        self.epochs: EpochService | None = None
         self.port: int | None = None
         self._should_exit = asyncio.Event()
 
@@ -32,7 +40,18 @@ class Server:
         config.districts_dir.mkdir(parents=True, exist_ok=True)
         host_keys = await asyncio.to_thread(load_or_create_host_keys, config.host_key_dir)
         districts = DistrictStore(database, config.districts_dir)
-        self.sftp = SFTPService(config.server, host_keys, districts, self.events)
+        open_uploads = OpenUploads()
+        self.epochs = EpochService(config, database, make_processor(config), open_uploads)
+        await self.epochs.start()
+        events = FanOut(self.epochs, self.events) if self.events else self.epochs
+        self.sftp = SFTPService(
+            config.server,
+            host_keys,
+            districts,
+            events,
+            policy=self.epochs.policy,
+            open_uploads=open_uploads,
+        )
         self.port = await self.sftp.start()
         self.log.info(
             "server.started",
@@ -75,5 +94,8 @@ class Server:
             self.log.warning("server.drain_timeout", open_uploads=len(sftp.open_uploads))
         await sftp.close()
         self.sftp = None
+        if self.epochs is not None:
+            await self.epochs.stop()
+            self.epochs = None
         self.log.info("server.stopped", drained=drained)
         flush_logs()

@@ -24,6 +24,7 @@ from ingest.config import load_config
 from ingest.store import Database, DistrictStore
 
 DEFAULT_TIMEOUT = 15.0
+WORK_EPOCH = "/upload/20260101-000000"
 PASSWORD_SUFFIX = "-Correct-Horse-9"
 
 
@@ -146,6 +147,8 @@ class Daemon:
         creds = Credentials(name, name + PASSWORD_SUFFIX, key_path)
         keys = (creds.public_key,) if key else ()
         self.store().add(name, creds.password, keys)
+        # An epoch directory (never completed) for tests about the SFTP layer itself.
+        (self.root(name) / WORK_EPOCH.lstrip("/")).mkdir()
         return creds
 
     def root(self, name: str) -> Path:

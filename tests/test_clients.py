@@ -95,9 +95,9 @@ def test_paramiko_put_with_password_only(daemon: Daemon, tmp_path: Path) -> None
     digest = _payload(tmp_path / "users.csv", 40_000)
     with paramiko_client(daemon, creds, password=creds.password, use_key=False) as client:
         sftp = client.open_sftp()
-        sftp.put(str(tmp_path / "users.csv"), "/upload/users.csv")
-        assert sftp.stat("/upload/users.csv").st_size == 40_000
-    _assert_finished(daemon, creds, "/upload/users.csv", digest, 40_000)
+        sftp.put(str(tmp_path / "users.csv"), "/upload/20260101-000000/users.csv")
+        assert sftp.stat("/upload/20260101-000000/users.csv").st_size == 40_000
+    _assert_finished(daemon, creds, "/upload/20260101-000000/users.csv", digest, 40_000)
 
 
 def test_winscp_style_filepart_setstat_rename(daemon: Daemon, district: Credentials) -> None:
@@ -126,27 +126,27 @@ def test_plain_rename_refuses_to_overwrite(daemon: Daemon, district: Credentials
     with paramiko_client(daemon, district) as client:
         sftp = client.open_sftp()
         for name in ("a.csv", "b.csv"):
-            with sftp.open(f"/upload/{name}", "wb") as fh:
+            with sftp.open(f"/upload/20260101-000000/{name}", "wb") as fh:
                 fh.write(name.encode())
         with pytest.raises(OSError):
-            sftp.rename("/upload/a.csv", "/upload/b.csv")
-        assert sftp.open("/upload/b.csv").read() == b"b.csv"
+            sftp.rename("/upload/20260101-000000/a.csv", "/upload/20260101-000000/b.csv")
+        assert sftp.open("/upload/20260101-000000/b.csv").read() == b"b.csv"
 
 
 def test_resume_with_reput(daemon: Daemon, district: Credentials, tmp_path: Path) -> None:
     data = os.urandom(200_000)
     (tmp_path / "big.csv").write_bytes(data)
-    target = daemon.root(district.name) / "upload" / "big.csv"
+    target = daemon.root(district.name) / "upload/20260101-000000/big.csv"
     # an earlier, interrupted transfer left the first 80,000 bytes
     with (
         paramiko_client(daemon, district) as client,
-        client.open_sftp().open("/upload/big.csv", "wb") as fh,
+        client.open_sftp().open("/upload/20260101-000000/big.csv", "wb") as fh,
     ):
         fh.write(data[:80_000])
-    sftp_batch(daemon, district, "reput big.csv /upload/big.csv", cwd=tmp_path)
+    sftp_batch(daemon, district, "reput big.csv /upload/20260101-000000/big.csv", cwd=tmp_path)
     assert target.read_bytes() == data
     finished = daemon.wait_for(
-        "upload.finished", district=district.name, path="/upload/big.csv", count=2
+        "upload.finished", district=district.name, path="/upload/20260101-000000/big.csv", count=2
     )
     assert finished["sha256"] == hashlib.sha256(data).hexdigest()
     assert finished["bytes"] == 120_000
@@ -155,15 +155,17 @@ def test_resume_with_reput(daemon: Daemon, district: Credentials, tmp_path: Path
 def test_append_mode(daemon: Daemon, district: Credentials) -> None:
     with paramiko_client(daemon, district) as client:
         sftp = client.open_sftp()
-        with sftp.open("/upload/log.csv", "wb") as fh:
+        with sftp.open("/upload/20260101-000000/log.csv", "wb") as fh:
             fh.write(b"a,b\n")
-        with sftp.open("/upload/log.csv", "ab") as fh:
+        with sftp.open("/upload/20260101-000000/log.csv", "ab") as fh:
             fh.write(b"1,2\n")
-    assert (daemon.root(district.name) / "upload/log.csv").read_bytes() == b"a,b\n1,2\n"
+    assert (
+        daemon.root(district.name) / "upload/20260101-000000/log.csv"
+    ).read_bytes() == b"a,b\n1,2\n"
 
 
 def test_large_file_integrity(daemon: Daemon, district: Credentials, tmp_path: Path) -> None:
     size = 48 * 1024 * 1024 + 123
     digest = _payload(tmp_path / "large.csv", size)
-    sftp_batch(daemon, district, "put large.csv /upload/large.csv", cwd=tmp_path)
-    _assert_finished(daemon, district, "/upload/large.csv", digest, size)
+    sftp_batch(daemon, district, "put large.csv /upload/20260101-000000/large.csv", cwd=tmp_path)
+    _assert_finished(daemon, district, "/upload/20260101-000000/large.csv", digest, size)

@@ -24,7 +24,7 @@ def test_sigterm_lets_running_upload_finish_then_exits_zero(tmp_path: Path) -> N
         idle_client = paramiko_client(daemon, idle)  # an idle session must not hold us up
         client = paramiko_client(daemon, creds)
         sftp = client.open_sftp()
-        fh = sftp.open("/upload/users.csv", "wb")
+        fh = sftp.open("/upload/20260101-000000/users.csv", "wb")
         fh.write(b"a" * 10_000)
         fh.flush()
         daemon.wait_for("upload.started", district=creds.name)
@@ -34,7 +34,7 @@ def test_sigterm_lets_running_upload_finish_then_exits_zero(tmp_path: Path) -> N
         with pytest.raises(OSError):  # the listener is closed: no new sessions
             socket.create_connection(("127.0.0.1", daemon.port), timeout=5).close()
         with pytest.raises(OSError):  # no new uploads on existing sessions either
-            sftp.open("/upload/other.csv", "wb")
+            sftp.open("/upload/20260101-000000/other.csv", "wb")
         daemon.wait_for("sftp.denied", reason="shutting_down")
         fh.write(b"b" * 10_000)
         fh.close()
@@ -44,14 +44,16 @@ def test_sigterm_lets_running_upload_finish_then_exits_zero(tmp_path: Path) -> N
         assert daemon.wait_for("server.stopped")["drained"] is True
         client.close()
         idle_client.close()
-        assert (daemon.root(creds.name) / "upload/users.csv").stat().st_size == 20_000
+        assert (
+            daemon.root(creds.name) / "upload/20260101-000000/users.csv"
+        ).stat().st_size == 20_000
 
 
 def test_sigterm_grace_expires_and_open_upload_is_aborted(tmp_path: Path) -> None:
     with run_daemon(tmp_path, server_shutdown_grace=0.5) as daemon:
         creds = daemon.add_district()
         client = paramiko_client(daemon, creds)
-        fh = client.open_sftp().open("/upload/slow.csv", "wb")
+        fh = client.open_sftp().open("/upload/20260101-000000/slow.csv", "wb")
         fh.write(b"a" * 1000)
         fh.flush()
         daemon.wait_for("upload.started", district=creds.name)
@@ -96,7 +98,7 @@ def test_connection_limits(tmp_path: Path) -> None:
         # 2 + 1 sessions closed by us, 1 refused after authenticating (per-district limit)
         wait_until(lambda: len(daemon.events("session.closed")) >= 4, what="sessions closed")
         with paramiko_client(daemon, a) as again:  # capacity comes back
-            assert again.open_sftp().listdir("/upload") == []
+            assert again.open_sftp().listdir("/upload") == ["20260101-000000"]
 
 
 def test_connection_flood_is_refused_without_crashing(tmp_path: Path) -> None:

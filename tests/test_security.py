@@ -41,14 +41,14 @@ def test_traversal_and_absolute_paths_stay_inside_the_root(daemon: Daemon, sftp,
 
 
 def test_traversal_write_lands_inside_the_root(daemon: Daemon, district: Credentials, sftp) -> None:  # type: ignore[no-untyped-def]
-    with sftp.open("/upload/../../../upload/escape.csv", "wb") as fh:
+    with sftp.open("/upload/../../../upload/20260101-000000/escape.csv", "wb") as fh:
         fh.write(b"x")
-    assert (daemon.root(district.name) / "upload" / "escape.csv").read_bytes() == b"x"
+    assert (daemon.root(district.name) / "upload/20260101-000000/escape.csv").read_bytes() == b"x"
     assert not (daemon.data_dir / "districts" / "upload").exists()
 
 
 def test_symlink_and_hardlink_creation_refused(daemon: Daemon, district: Credentials, sftp) -> None:  # type: ignore[no-untyped-def]
-    with sftp.open("/upload/target.csv", "wb") as fh:
+    with sftp.open("/upload/20260101-000000/target.csv", "wb") as fh:
         fh.write(b"x")
     with pytest.raises(PermissionError):
         sftp.symlink("/etc/passwd", "/upload/link")
@@ -57,8 +57,15 @@ def test_symlink_and_hardlink_creation_refused(daemon: Daemon, district: Credent
     assert transport is not None
     assert not os.path.lexists(daemon.root(district.name) / "upload" / "link")
     # hardlink@openssh.com via OpenSSH's `ln` (without -s)
-    result = sftp_batch(daemon, district, "-ln /upload/target.csv /upload/hard.csv", check=False)
-    assert not (daemon.root(district.name) / "upload" / "hard.csv").exists(), result.stdout
+    result = sftp_batch(
+        daemon,
+        district,
+        "-ln /upload/20260101-000000/target.csv /upload/20260101-000000/hard.csv",
+        check=False,
+    )
+    assert not (daemon.root(district.name) / "upload/20260101-000000/hard.csv").exists(), (
+        result.stdout
+    )
     _denied(daemon, district, "link", "hardlink_refused")
 
 

@@ -25,14 +25,18 @@ from tests.harness import Credentials, Daemon, require_tool, wait_until
 def test_dropped_session_is_aborted_not_finished(daemon: Daemon, district: Credentials) -> None:
     client = paramiko_client(daemon, district)
     sftp = client.open_sftp()
-    fh = sftp.open("/upload/half.csv", "wb")
+    fh = sftp.open("/upload/20260101-000000/half.csv", "wb")
     fh.write(b"x" * 50_000)
     fh.flush()
-    daemon.wait_for("upload.started", district=district.name, path="/upload/half.csv")
+    daemon.wait_for(
+        "upload.started", district=district.name, path="/upload/20260101-000000/half.csv"
+    )
     transport = client.get_transport()
     assert transport is not None
     transport.sock.close()  # the network goes away: no FXP_CLOSE, no SSH disconnect
-    aborted = daemon.wait_for("upload.aborted", district=district.name, path="/upload/half.csv")
+    aborted = daemon.wait_for(
+        "upload.aborted", district=district.name, path="/upload/20260101-000000/half.csv"
+    )
     assert aborted["reason"] == "session_closed"
     assert not daemon.events("upload.finished", district=district.name)
 
@@ -61,18 +65,24 @@ def test_killed_openssh_client_mid_file_is_aborted(
         cwd=tmp_path,
     )
     assert proc.stdin is not None
-    proc.stdin.write("put big.csv /upload/big.csv\n")
+    proc.stdin.write("put big.csv /upload/20260101-000000/big.csv\n")
     proc.stdin.flush()
-    daemon.wait_for("upload.started", district=district.name, path="/upload/big.csv")
+    daemon.wait_for(
+        "upload.started", district=district.name, path="/upload/20260101-000000/big.csv"
+    )
     wait_until(
-        lambda: (daemon.root(district.name) / "upload/big.csv").stat().st_size > 0,
+        lambda: (daemon.root(district.name) / "upload/20260101-000000/big.csv").stat().st_size > 0,
         what="first bytes on disk",
     )
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    aborted = daemon.wait_for("upload.aborted", district=district.name, path="/upload/big.csv")
+    aborted = daemon.wait_for(
+        "upload.aborted", district=district.name, path="/upload/20260101-000000/big.csv"
+    )
     assert 0 < aborted["bytes"] < 512 * 1024 * 1024
-    assert not daemon.events("upload.finished", district=district.name, path="/upload/big.csv")
+    assert not daemon.events(
+        "upload.finished", district=district.name, path="/upload/20260101-000000/big.csv"
+    )
 
 
 class _Recorder:
@@ -133,11 +143,11 @@ def test_typed_events_and_open_uploads(
     creds = view.add_district("typed")
     assert server.sftp is not None
     open_uploads = server.sftp.open_uploads
-    real = view.root("typed").resolve() / "upload" / "users.csv"
+    real = view.root("typed").resolve() / "upload/20260101-000000/users.csv"
     data = os.urandom(3 * 1024 * 1024)  # above INLINE_DIGEST_MAX: digest after the reply
     with paramiko_client(view, creds) as client:
         sftp = client.open_sftp()
-        fh = sftp.open("/upload/users.csv", "wb")
+        fh = sftp.open("/upload/20260101-000000/users.csv", "wb")
         fh.write(data[:60_000])
         fh.flush()
         wait_until(lambda: open_uploads.is_open(real), what="file registered as open")
@@ -147,7 +157,7 @@ def test_typed_events_and_open_uploads(
         fh.close()
         wait_until(lambda: recorder.of(UploadFinished), what="UploadFinished")
         assert not open_uploads.is_open(real)
-        fh = sftp.open("/upload/partial.csv", "wb")
+        fh = sftp.open("/upload/20260101-000000/partial.csv", "wb")
         fh.write(b"abc")
         fh.flush()
         wait_until(lambda: len(open_uploads) == 1, what="second upload open")
@@ -156,9 +166,11 @@ def test_typed_events_and_open_uploads(
     assert isinstance(finished, UploadFinished)
     assert finished.sha256 == hashlib.sha256(data).hexdigest()
     assert finished.size == finished.bytes == len(data)
-    assert finished.path == "/upload/users.csv" and finished.district == "typed"
+    assert finished.path == "/upload/20260101-000000/users.csv" and finished.district == "typed"
     aborted = recorder.of(UploadAborted)[0]
-    assert isinstance(aborted, UploadAborted) and aborted.path == "/upload/partial.csv"
+    assert (
+        isinstance(aborted, UploadAborted) and aborted.path == "/upload/20260101-000000/partial.csv"
+    )
     assert len(open_uploads) == 0
 
 

@@ -5,20 +5,28 @@ It knows nothing about epochs or CSV files. Layers above subscribe through
 """
 
 from ingest.sftp.events import (
+    AllowAll,
+    FanOut,
     IgnoreEvents,
     OpenUploads,
     PathRenamed,
+    SessionClosed,
     SFTPEvent,
     SFTPEventHandler,
     UploadAborted,
     UploadFinished,
+    UploadPolicy,
     UploadStarted,
 )
 from ingest.sftp.hostkeys import HostKey, load_or_create_host_keys
+from ingest.sftp.paths import Denied
 from ingest.sftp.service import DistrictDirectory, SFTPService
 
 __all__ = [
+    "AllowAll",
+    "Denied",
     "DistrictDirectory",
+    "FanOut",
     "HostKey",
     "IgnoreEvents",
     "OpenUploads",
@@ -26,8 +34,10 @@ __all__ = [
     "SFTPEvent",
     "SFTPEventHandler",
     "SFTPService",
+    "SessionClosed",
     "UploadAborted",
     "UploadFinished",
+    "UploadPolicy",
     "UploadStarted",
     "load_or_create_host_keys",
 ]

@@ -58,7 +58,15 @@ class PathRenamed:
     session_id: str
 
 
-SFTPEvent = UploadStarted | UploadFinished | UploadAborted | PathRenamed
+@dataclass(frozen=True)
+class SessionClosed:
+    """An authenticated SSH connection ended (its handles are already closed)."""
+
+    district: str
+    session_id: str
+
+
+SFTPEvent = UploadStarted | UploadFinished | UploadAborted | PathRenamed | SessionClosed
 
 
 class SFTPEventHandler(Protocol):
@@ -67,11 +75,42 @@ class SFTPEventHandler(Protocol):
     def handle_sftp_event(self, event: SFTPEvent) -> None: ...
 
 
+class UploadPolicy(Protocol):
+    """Rules above the SFTP layer for changes inside ``/upload/`` (e.g. the epoch contract).
+
+    Called on the event loop for every request that would change something, with the
+    district's normalised path, before the file system is touched; raises
+    :class:`~ingest.sftp.paths.Denied` to refuse. Must be fast and must not block.
+    ``operation`` is one of ``open`` (for writing), ``mkdir``, ``remove``, ``rmdir``,
+    ``setstat`` (a size change), ``rename_source``, ``rename_target``.
+    """
+
+    def check(self, district: str, operation: str, path: str) -> None: ...
+
+
+class AllowAll:
+    """The policy used when no layer above adds rules: the chroot's zones apply alone."""
+
+    def check(self, district: str, operation: str, path: str) -> None:
+        return None
+
+
 class IgnoreEvents:
     """The handler used when nothing above the SFTP layer is listening."""
 
     def handle_sftp_event(self, event: SFTPEvent) -> None:
         return None
+
+
+class FanOut:
+    """Deliver every event to several handlers, in order."""
+
+    def __init__(self, *handlers: SFTPEventHandler) -> None:
+        self.handlers = handlers
+
+    def handle_sftp_event(self, event: SFTPEvent) -> None:
+        for handler in self.handlers:
+            handler.handle_sftp_event(event)
 
 
 @dataclass(eq=False)

@@ -22,12 +22,14 @@ from asyncssh import SFTPAttrs, SFTPName
 
 from ingest.sftp import asyncssh_compat
 from ingest.sftp.events import (
+    AllowAll,
     OpenUpload,
     OpenUploads,
     PathRenamed,
     SFTPEventHandler,
     UploadAborted,
     UploadFinished,
+    UploadPolicy,
     UploadStarted,
 )
 from ingest.sftp.paths import Access, Chroot, Denied, Resolved
@@ -58,6 +60,7 @@ class SFTPRuntime:
     executor: Executor  # blocking file system calls
     hash_executor: Executor  # low-priority background hashing (writer.StreamDigest)
     events: SFTPEventHandler
+    policy: UploadPolicy = field(default_factory=AllowAll)
     open_uploads: OpenUploads = field(default_factory=OpenUploads)
     draining: bool = False
     # Digests finishing after the client's close was answered; referenced so they run on.
@@ -109,6 +112,11 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             return resolved, fn(resolved.real)
 
         try:
+            if access is Access.WRITE:
+                # Pure and in memory: the rules of the layer above, before any file I/O.
+                self._runtime.policy.check(
+                    self._session.district, operation, self._paths.virtual(path)
+                )
             return await self._io(work)
         except Denied as denial:
             raise self._deny(operation, path, denial) from None
@@ -351,15 +359,15 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             raise self._deny("realpath", path, denial) from None
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
-        await self._rename("rename", oldpath, newpath, replace=False)
+        await self._rename(oldpath, newpath, replace=False)
 
     async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
-        await self._rename("posix-rename", oldpath, newpath, replace=True)
+        await self._rename(oldpath, newpath, replace=True)
 
-    async def _rename(self, operation: str, oldpath: bytes, newpath: bytes, replace: bool) -> None:
-        new = (await self._on_path(operation, newpath, Access.WRITE, lambda p: None))[0]
+    async def _rename(self, oldpath: bytes, newpath: bytes, replace: bool) -> None:
+        new = (await self._on_path("rename_target", newpath, Access.WRITE, lambda p: None))[0]
         old, _ = await self._on_path(
-            operation, oldpath, Access.WRITE, lambda p: _rename(p, new.real, replace)
+            "rename_source", oldpath, Access.WRITE, lambda p: _rename(p, new.real, replace)
         )
         self._runtime.open_uploads.renamed(old.real, new.real)
         self._log.info("sftp.renamed", old_path=old.virtual, new_path=new.virtual)

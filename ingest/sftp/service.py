@@ -21,7 +21,14 @@ import asyncssh
 from ingest.config import ServerConfig
 from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
-from ingest.sftp.events import IgnoreEvents, OpenUploads, SFTPEventHandler
+from ingest.sftp.events import (
+    AllowAll,
+    IgnoreEvents,
+    OpenUploads,
+    SessionClosed,
+    SFTPEventHandler,
+    UploadPolicy,
+)
 from ingest.sftp.fs import DistrictSFTPServer, SessionState, SFTPRuntime
 from ingest.sftp.hostkeys import HostKey
 from ingest.sftp.paths import Chroot
@@ -87,6 +94,8 @@ class SFTPService:
         host_keys: list[HostKey],
         districts: DistrictDirectory,
         events: SFTPEventHandler | None = None,
+        policy: UploadPolicy | None = None,
+        open_uploads: OpenUploads | None = None,
     ) -> None:
         asyncssh_compat.install()
         self.settings = settings
@@ -102,6 +111,8 @@ class SFTPService:
                 max_workers=2, thread_name_prefix="sftp-hash", initializer=lower_thread_priority
             ),
             events=events or IgnoreEvents(),
+            policy=policy or AllowAll(),
+            open_uploads=open_uploads or OpenUploads(),
         )
         # argon2 is deliberately slow and memory-hungry: two threads bound what a flood of
         # password attempts can cost, and keep it off the file I/O threads.
@@ -233,6 +244,10 @@ class DistrictConnection(asyncssh.SSHServer):
                     service.sessions_by_district[session.district] = count
                 else:
                     service.sessions_by_district.pop(session.district, None)
+            if session is not None:
+                service.runtime.events.handle_sftp_event(
+                    SessionClosed(session.district, session.session_id)
+                )
             self.log.info(
                 "session.closed",
                 duration=round(time.monotonic() - self.opened, 3),

@@ -35,6 +35,24 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (district, fingerprint)
     );
     """,
+    """
+    CREATE TABLE epochs (
+        district     TEXT NOT NULL,
+        name         TEXT NOT NULL,
+        state        TEXT NOT NULL,
+        origin       TEXT NOT NULL,
+        received_at  TEXT NOT NULL,
+        claimed_at   TEXT,
+        finished_at  TEXT,
+        published_at TEXT,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        files        TEXT NOT NULL DEFAULT '[]',
+        warnings     TEXT NOT NULL DEFAULT '[]',
+        outcome      TEXT,
+        PRIMARY KEY (district, name)
+    );
+    CREATE INDEX epochs_by_state ON epochs (state);
+    """,
 )
 
 

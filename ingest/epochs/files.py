@@ -1,0 +1,150 @@
+"""File moves of the epoch layer, each crash-safe by construction. All functions block.
+
+- promotion builds an epoch from ``*_auto.csv`` in a server-only staging directory and
+  renames it into ``/upload/`` complete with its COMPLETE, so a half-built epoch is never
+  visible and a crash leaves something :func:`finish_staged` can complete;
+- archiving hard-links a claimed epoch's files into ``archive/``, an immutable copy the
+  processor reads (and ``ingest epochs reprocess`` reuses);
+- publishing writes the reports into the epoch and renames it into ``/upload-processed/``;
+  repeating it after a crash rewrites the reports and changes nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ingest.epochs.handoff import FileInfo
+from ingest.epochs.names import MARKER, auto_target, epoch_name_for
+from ingest.epochs.reports import REPORT_JSON, REPORT_NAMES, REPORT_TXT
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+FILE_MODE = 0o640
+DIR_MODE = 0o750
+_CHUNK = 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def free_epoch_name(moment: datetime, taken: Callable[[str], bool]) -> str:
+    """The epoch name for ``moment``, or the next second that is not taken."""
+    while taken(name := epoch_name_for(moment)):
+        moment += timedelta(seconds=1)
+    return name
+
+
+def promote(
+    upload_dir: Path, staging_dir: Path, sources: Iterable[Path], taken: Callable[[str], bool]
+) -> tuple[str, dict[Path, Path]]:
+    """Move ``*_auto.csv`` files into a new epoch named from the current UTC time."""
+
+    def name_taken(name: str) -> bool:
+        return taken(name) or (upload_dir / name).exists() or (staging_dir / name).exists()
+
+    name = free_epoch_name(datetime.now(UTC), name_taken)
+    staged = staging_dir / name
+    staged.mkdir(mode=DIR_MODE, parents=True)
+    moved: dict[Path, Path] = {}
+    for source in sources:
+        target_name = auto_target(source.name)
+        assert target_name is not None
+        os.rename(source, staged / target_name)
+        moved[source] = upload_dir / name / target_name
+    _write_marker(staged)
+    os.rename(staged, upload_dir / name)
+    return name, moved
+
+
+def finish_staged(upload_dir: Path, staging_dir: Path, taken: Callable[[str], bool]) -> list[str]:
+    """After a crash: complete epochs left in staging and move them into ``/upload/``."""
+    finished: list[str] = []
+    if not staging_dir.is_dir():
+        return finished
+    for staged in sorted(p for p in staging_dir.iterdir() if p.is_dir()):
+        if not any(staged.iterdir()):
+            staged.rmdir()  # crashed before the first file moved in
+            continue
+        _write_marker(staged)
+        name = staged.name
+        if taken(name) or (upload_dir / name).exists():
+            name = free_epoch_name(
+                datetime.now(UTC), lambda n: taken(n) or (upload_dir / n).exists()
+            )
+        os.rename(staged, upload_dir / name)
+        finished.append(name)
+    return finished
+
+
+def _write_marker(directory: Path) -> None:
+    marker = directory / MARKER
+    if not marker.exists():
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        os.close(fd)
+
+
+def archive(source_dir: Path, archive_dir: Path, files: Iterable[FileInfo]) -> Path:
+    """An immutable copy of the epoch's files: hard links (same file system) or copies."""
+    archive_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    for info in files:
+        target = archive_dir / info.name
+        if target.exists():
+            continue  # a restart redoing the claim
+        tmp = archive_dir / f".{info.name}.tmp"
+        try:
+            os.link(source_dir / info.name, tmp)
+        except OSError:
+            shutil.copy2(source_dir / info.name, tmp)
+        os.replace(tmp, target)
+    return archive_dir
+
+
+def publish(
+    upload_dir: Path,
+    processed_dir: Path,
+    name: str,
+    archive_dir: Path,
+    report_json: str,
+    report_txt: str,
+) -> Path:
+    """Put the epoch and its reports under ``/upload-processed/<name>/``."""
+    source = upload_dir / name
+    target = processed_dir / name
+    if source.is_dir():
+        _write_reports(source, report_json, report_txt)
+        if target.exists():  # only after a reprocess of an already published epoch
+            target = _free_path(processed_dir, name)
+        os.rename(source, target)
+        return target
+    # Reprocessed, or published before a crash: the files are there or in the archive.
+    target.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    for path in sorted(archive_dir.iterdir()) if archive_dir.is_dir() else []:
+        if path.name not in REPORT_NAMES and not (target / path.name).exists():
+            shutil.copy2(path, target / path.name)
+    _write_reports(target, report_json, report_txt)
+    return target
+
+
+def _free_path(parent: Path, name: str) -> Path:
+    counter = 2
+    while (parent / f"{name}.{counter}").exists():
+        counter += 1
+    return parent / f"{name}.{counter}"
+
+
+def _write_reports(directory: Path, report_json: str, report_txt: str) -> None:
+    for filename, text in ((REPORT_JSON, report_json), (REPORT_TXT, report_txt)):
+        tmp = directory / f".{filename}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, directory / filename)

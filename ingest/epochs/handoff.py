@@ -1,0 +1,96 @@
+"""The hand-off between the epoch layer and whatever processes an epoch.
+
+The epoch layer passes a :class:`ClaimedEpoch` (an immutable copy of the files plus
+metadata) and receives an :class:`Outcome`. It knows nothing of CSV columns; the processor
+knows nothing of SFTP, watchers or readiness.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+# Final states. A processor returns applied, rejected, held or failed; the epoch layer
+# itself decides superseded (and failed, when a processor raises).
+OutcomeStatus = Literal["applied", "rejected", "held", "superseded", "failed"]
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One error or warning, with a stable ``code`` and a message that says what to do."""
+
+    code: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+    column: str | None = None
+    value: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Finding:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ClaimedEpoch:
+    """An epoch claimed for processing; ``directory`` holds files that cannot change."""
+
+    district: str
+    name: str
+    directory: Path
+    files: tuple[FileInfo, ...]
+    origin: Literal["upload", "auto"]
+    warnings: tuple[Finding, ...] = ()  # found by the epoch layer (e.g. marker_not_empty)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: OutcomeStatus
+    summary: dict[str, int] = field(default_factory=dict)
+    errors: tuple[Finding, ...] = ()
+    warnings: tuple[Finding, ...] = ()
+    message: str = ""  # one sentence for the report's headline
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "message": self.message,
+            "summary": self.summary,
+            "errors": [f.to_json() for f in self.errors],
+            "warnings": [f.to_json() for f in self.warnings],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        return cls(
+            status=data["status"],
+            summary=dict(data.get("summary", {})),
+            errors=tuple(Finding.from_json(f) for f in data.get("errors", [])),
+            warnings=tuple(Finding.from_json(f) for f in data.get("warnings", [])),
+            message=data.get("message", ""),
+        )
+
+
+class Processor(Protocol):
+    """Turns a claimed epoch into an outcome. Runs in a worker thread, never on the loop.
+
+    ``conn`` is an open transaction on the state database. Everything the processor writes
+    through it commits atomically with the epoch's final state in the ledger, or not at
+    all: that is what makes processing exactly-once across crashes. It must not commit.
+    """
+
+    name: str
+
+    def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection) -> Outcome: ...

@@ -1,0 +1,126 @@
+"""The epoch contract enforced at the SFTP door, so districts learn of mistakes at once.
+
+Implements :class:`ingest.sftp.UploadPolicy`. Everything here is in memory and runs on
+the event loop: it decides from names and from :class:`EpochRegistry`, which the epoch
+service keeps current.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from ingest.epochs.names import (
+    EPOCH_FORMAT,
+    MARKER,
+    auto_target,
+    is_misnamed_marker,
+    is_temp_name,
+    parse_epoch_name,
+)
+from ingest.sftp import Denied
+
+EXAMPLE_EPOCH = "20260131-020000"
+
+HOW_TO_UPLOAD = (
+    f"create /upload/{EPOCH_FORMAT}/ (the UTC upload time, e.g. /upload/{EXAMPLE_EPOCH}/), "
+    f"upload the CSV files into it, then an empty file named {MARKER}; or, if your client "
+    "cannot create directories, upload /upload/users_auto.csv and the server makes the "
+    "epoch for you"
+)
+
+
+class EpochRegistry:
+    """Per district: epoch names the ledger knows, and epochs that may no longer change."""
+
+    def __init__(self) -> None:
+        self.known: defaultdict[str, set[str]] = defaultdict(set)
+        self.submitted: defaultdict[str, set[str]] = defaultdict(set)
+
+    def is_submitted(self, district: str, name: str) -> bool:
+        return name in self.submitted[district]
+
+
+class EpochPolicy:
+    def __init__(self, registry: EpochRegistry, loose_files: str, log: Any) -> None:
+        self.registry = registry
+        self.loose_files = loose_files
+        self.log = log
+
+    def check(self, district: str, operation: str, path: str) -> None:
+        parts = path.strip("/").split("/")
+        if parts[0] != "upload" or len(parts) < 2:
+            return  # the chroot's zones already decide outside /upload/
+        if len(parts) == 2:
+            self._check_top(district, operation, parts[1])
+        else:
+            self._check_inside(district, operation, parts[1], parts[2:])
+
+    def _check_top(self, district: str, operation: str, name: str) -> None:
+        if operation == "mkdir":
+            parsed = parse_epoch_name(name)
+            if parsed is None:
+                raise Denied(
+                    "epoch_name_invalid",
+                    f"{name!r} is not an epoch name; epoch directories are named "
+                    f"{EPOCH_FORMAT} in UTC, e.g. {EXAMPLE_EPOCH}",
+                )
+            if name in self.registry.known[district]:
+                raise Denied(
+                    "epoch_duplicate",
+                    f"epoch {name} was already submitted; use a new timestamp for a new upload",
+                )
+            if not parsed.time_valid:
+                self.log.warning(
+                    "epoch.notice",
+                    district=district,
+                    epoch=name,
+                    code="epoch_time_invalid",
+                    message="epoch name has an impossible date or time; accepted",
+                )
+            return
+        if operation in ("rmdir", "rename_source") and self.registry.is_submitted(district, name):
+            raise Denied(
+                "epoch_submitted", f"epoch {name} is complete and being processed; it cannot change"
+            )
+        if operation in ("open", "rename_target"):
+            if is_temp_name(name) or auto_target(name) is not None:
+                return
+            if operation == "rename_target" and parse_epoch_name(name):
+                if name in self.registry.known[district]:
+                    raise Denied("epoch_duplicate", f"epoch {name} was already submitted")
+                return  # renaming a directory into an epoch name
+            if self.loose_files == "report":
+                self.log.warning(
+                    "epoch.notice",
+                    district=district,
+                    path=f"/upload/{name}",
+                    code="epoch_missing",
+                    message="file outside an epoch accepted"
+                    " (epochs.loose_files = report); it will not be processed",
+                )
+                return
+            raise Denied(
+                "epoch_missing", f"{name} cannot go directly into /upload/: {HOW_TO_UPLOAD}"
+            )
+
+    def _check_inside(self, district: str, operation: str, epoch: str, rest: list[str]) -> None:
+        if self.registry.is_submitted(district, epoch):
+            raise Denied(
+                "epoch_submitted",
+                f"epoch {epoch} is complete and being processed; it cannot change "
+                "any more. Upload changes as a new epoch with a new timestamp.",
+            )
+        if operation == "mkdir":
+            raise Denied(
+                "epoch_subdirectory",
+                "epoch directories hold files only; upload the CSV files directly "
+                f"into /upload/{epoch}/",
+            )
+        leaf = rest[-1]
+        if operation in ("open", "rename_target") and is_misnamed_marker(leaf):
+            raise Denied(
+                "marker_misnamed",
+                f"{leaf!r} is not the marker: name it exactly {MARKER} (upper case, "
+                "no extension), an empty file uploaded after the CSV files",
+            )

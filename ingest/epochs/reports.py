@@ -1,0 +1,91 @@
+"""The district's view of what happened: report.json for machines, report.txt for people."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from ingest.epochs.handoff import Finding
+from ingest.epochs.ledger import EpochRecord
+
+REPORT_JSON = "report.json"
+REPORT_TXT = "report.txt"
+REPORT_NAMES = frozenset({REPORT_JSON, REPORT_TXT, "errors.csv"})
+MAX_LISTED_PER_CODE = 20
+
+_HEADLINES = {
+    "applied": "Your upload was processed.",
+    "rejected": "Your upload was REJECTED: nothing was changed.",
+    "held": "Your upload is ON HOLD: nothing was changed yet; an operator will review it.",
+    "superseded": "Your upload was NOT applied: a newer upload was already applied.",
+    "failed": "Your upload could not be processed because of a server error; nothing was "
+    "changed. The operators have been alerted and will reprocess it.",
+}
+
+
+def report_json(record: EpochRecord) -> dict[str, Any]:
+    outcome = record.outcome
+    warnings = [*record.warnings, *(outcome.warnings if outcome else ())]
+    return {
+        "district": record.district,
+        "epoch": record.name,
+        "status": record.state,
+        "message": outcome.message if outcome else "",
+        "origin": record.origin,
+        "received_at": record.received_at,
+        "finished_at": record.finished_at,
+        "files": [vars(f) for f in record.files],
+        "counts": outcome.summary if outcome else {},
+        "errors": [f.to_json() for f in (outcome.errors if outcome else ())],
+        "warnings": [f.to_json() for f in warnings],
+    }
+
+
+def render_json(record: EpochRecord) -> str:
+    return json.dumps(report_json(record), indent=2, ensure_ascii=False) + "\n"
+
+
+def render_text(record: EpochRecord) -> str:
+    data = report_json(record)
+    lines = [
+        f"Upload report for {record.district}, epoch {record.name}",
+        "",
+        _HEADLINES.get(record.state, f"Status: {record.state}"),
+    ]
+    if data["message"]:
+        lines.append(data["message"])
+    lines += [
+        "",
+        f"Status:   {record.state}",
+        f"Received: {record.received_at}",
+        f"Finished: {record.finished_at}",
+    ]
+    if record.files:
+        lines += ["", "Files:"]
+        lines += [f"  {f.name}  ({f.size} bytes, sha256 {f.sha256})" for f in record.files]
+    if data["counts"]:
+        lines += ["", "Counts:"]
+        lines += [f"  {key}: {value}" for key, value in data["counts"].items()]
+    for title, findings in (("Errors", data["errors"]), ("Warnings", data["warnings"])):
+        if findings:
+            lines += ["", f"{title} ({len(findings)}):"]
+            lines += _grouped([Finding.from_json(f) for f in findings])
+    lines += ["", "Codes are documented in the district guide (docs/districts.md)."]
+    return "\n".join(lines) + "\n"
+
+
+def _grouped(findings: list[Finding]) -> list[str]:
+    """Group by code, biggest group first, at most MAX_LISTED_PER_CODE each."""
+    groups: dict[str, list[Finding]] = defaultdict(list)
+    for finding in findings:
+        groups[finding.code].append(finding)
+    lines = []
+    for code, items in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        lines.append(f"  [{code}] x{len(items)}")
+        for item in items[:MAX_LISTED_PER_CODE]:
+            where = ":".join(str(p) for p in (item.file, item.line) if p is not None)
+            lines.append(f"    {where + ': ' if where else ''}{item.message}")
+        if len(items) > MAX_LISTED_PER_CODE:
+            lines.append(f"    ... and {len(items) - MAX_LISTED_PER_CODE} more")
+    return lines

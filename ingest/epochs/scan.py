@@ -1,0 +1,199 @@
+"""Looking at a district's ``/upload/`` and deciding whether an epoch is ready.
+
+``list_upload`` and ``read_epoch`` block (file system); the service runs them in a worker
+thread. ``judge_epoch`` is pure: the readiness rules in one place, fed with what the SFTP
+layer knows (open files, files it saw finish) so that a half-written file is never taken
+for a finished one, and with a quiet period for files that arrived by other means.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest.epochs.handoff import Finding
+from ingest.epochs.names import (
+    EPOCH_FORMAT,
+    MARKER,
+    auto_target,
+    is_misnamed_marker,
+    is_temp_name,
+    parse_epoch_name,
+)
+
+
+@dataclass(frozen=True)
+class FileSeen:
+    name: str
+    path: Path
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class UploadListing:
+    epochs: list[str] = field(default_factory=list)
+    invalid_dirs: list[str] = field(default_factory=list)
+    auto_files: list[FileSeen] = field(default_factory=list)
+    temp_files: list[FileSeen] = field(default_factory=list)
+    loose_files: list[FileSeen] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EpochContents:
+    marker: FileSeen | None
+    files: list[FileSeen]  # regular files other than the marker and temp names
+    temp_files: list[FileSeen]
+    misnamed_markers: list[str]
+    subdirs: list[str]
+    links: list[str]  # never followed, never processed
+
+
+def _entries(directory: Path) -> list[tuple[os.DirEntry[str], os.stat_result]]:
+    found = []
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                try:
+                    found.append((entry, entry.stat(follow_symlinks=False)))
+                except FileNotFoundError:
+                    continue
+    except FileNotFoundError:
+        return []
+    return found
+
+
+def list_upload(upload_dir: Path) -> UploadListing:
+    listing = UploadListing()
+    for entry, st in _entries(upload_dir):
+        if stat.S_ISDIR(st.st_mode):
+            target = listing.epochs if parse_epoch_name(entry.name) else listing.invalid_dirs
+            target.append(entry.name)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        seen = FileSeen(entry.name, Path(entry.path), st.st_size, st.st_mtime)
+        if is_temp_name(entry.name):
+            listing.temp_files.append(seen)
+        elif auto_target(entry.name):
+            listing.auto_files.append(seen)
+        else:
+            listing.loose_files.append(seen)
+    listing.epochs.sort()
+    return listing
+
+
+def read_epoch(epoch_dir: Path) -> EpochContents:
+    marker = None
+    files, temp, misnamed, subdirs, links = [], [], [], [], []
+    for entry, st in _entries(epoch_dir):
+        if stat.S_ISLNK(st.st_mode):
+            links.append(entry.name)
+        elif stat.S_ISDIR(st.st_mode):
+            subdirs.append(entry.name)
+        elif stat.S_ISREG(st.st_mode):
+            seen = FileSeen(entry.name, Path(entry.path), st.st_size, st.st_mtime)
+            if entry.name == MARKER:
+                marker = seen
+            elif is_temp_name(entry.name):
+                temp.append(seen)
+            else:
+                files.append(seen)
+                if is_misnamed_marker(entry.name):
+                    misnamed.append(entry.name)
+    files.sort(key=lambda f: f.name)
+    return EpochContents(marker, files, temp, sorted(misnamed), sorted(subdirs), sorted(links))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ready: bool
+    reason: str  # ready | no_marker | stale | files_open | temp_files | settling
+    recheck_at: float | None = None  # wall-clock time when waiting may end by itself
+    warnings: tuple[Finding, ...] = ()
+    files: tuple[FileSeen, ...] = ()  # what the epoch consists of, when ready
+
+
+def judge_epoch(
+    name: str,
+    contents: EpochContents,
+    *,
+    open_paths: set[Path],
+    trusted_sizes: dict[Path, int],
+    now: float,
+    quiet_period: float,
+    stale_after: float,
+) -> Verdict:
+    """Is epoch ``name`` ready: COMPLETE present, nothing open, everything settled?
+
+    ``trusted_sizes``: files our SFTP server saw closed explicitly, with their size then.
+    Such a file is settled as soon as it still has that size; any other file must not
+    have changed for ``quiet_period`` seconds.
+    """
+    everything = [*contents.files, *contents.temp_files]
+    if contents.marker is None:
+        newest = max((f.mtime for f in everything), default=None)
+        if newest is not None and now - newest >= stale_after:
+            return Verdict(False, "stale")
+        return Verdict(False, "no_marker")
+    candidates = [*everything, contents.marker]
+    if any(f.path in open_paths for f in candidates):
+        return Verdict(False, "files_open")
+
+    def settled_at(f: FileSeen) -> float:
+        if trusted_sizes.get(f.path) == f.size:
+            return 0.0
+        return f.mtime + quiet_period
+
+    waits = [settled_at(f) for f in candidates if settled_at(f) > now]
+    recheck = max(waits) if waits else None
+    if any(settled_at(f) > now for f in contents.temp_files):
+        # e.g. WinSCP closed users.csv.filepart and is about to rename it
+        return Verdict(False, "temp_files", recheck)
+    if recheck is not None:
+        return Verdict(False, "settling", recheck)
+    warnings = list(_warnings(name, contents))
+    return Verdict(True, "ready", None, tuple(warnings), tuple(contents.files))
+
+
+def _warnings(name: str, contents: EpochContents) -> list[Finding]:
+    found = []
+    parsed = parse_epoch_name(name)
+    if parsed is not None and not parsed.time_valid:
+        found.append(
+            Finding(
+                "epoch_time_invalid",
+                f"{name} is shaped like {EPOCH_FORMAT} but is not a real date and time; it was "
+                "accepted, and epochs are ordered by name, so use the real upload time",
+            )
+        )
+    if contents.marker is not None and contents.marker.size > 0:
+        found.append(
+            Finding(
+                "marker_not_empty",
+                f"{MARKER} should be an empty file; its {contents.marker.size} bytes were ignored",
+                file=MARKER,
+            )
+        )
+    for temp in contents.temp_files:
+        found.append(
+            Finding(
+                "temp_file_ignored",
+                f"{temp.name} looks like an unfinished transfer and was not processed; rename "
+                "it when the transfer is complete, before writing COMPLETE",
+                file=temp.name,
+            )
+        )
+    for sub in contents.subdirs:
+        found.append(
+            Finding(
+                "subdirectory_ignored",
+                f"{sub}/ was ignored: put the CSV files directly in the epoch directory",
+                file=sub,
+            )
+        )
+    for link in contents.links:
+        found.append(Finding("link_ignored", f"{link} is a link and was ignored", file=link))
+    return found

@@ -1,0 +1,511 @@
+"""The epoch layer: find ready epochs, hand each to the processor exactly once, publish.
+
+Signals that something may have changed come from three sources, all reduced to "look at
+district D (epoch E) again": the SFTP layer's events (fast path), a watchdog observer
+(files that arrive by other means), and a periodic reconcile scan (lost events, startup).
+A look runs :func:`~ingest.epochs.scan.judge_epoch` on a fresh listing; a ready epoch is
+recorded in the ledger and queued. Each district has one worker that processes its queue
+in name order: claim (ledger) -> archive copy -> processor + final state in one
+transaction -> publish to ``/upload-processed/`` once the uploading sessions are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ingest.config import Config
+from ingest.epochs import files as epoch_files
+from ingest.epochs.handoff import ClaimedEpoch, FileInfo, Finding, Outcome, Processor
+from ingest.epochs.ledger import Ledger
+from ingest.epochs.names import MARKER
+from ingest.epochs.policy import EpochPolicy, EpochRegistry
+from ingest.epochs.reports import render_json, render_text
+from ingest.epochs.scan import judge_epoch, list_upload, read_epoch
+from ingest.epochs.watcher import start_observer
+from ingest.logging import get_logger
+from ingest.sftp import (
+    OpenUploads,
+    PathRenamed,
+    SessionClosed,
+    SFTPEvent,
+    UploadAborted,
+    UploadFinished,
+    UploadStarted,
+)
+from ingest.store.db import Database
+
+T = TypeVar("T")
+UPLOAD = "upload"
+PROCESSED = "upload-processed"
+
+
+class EpochService:
+    """Implements the SFTP layer's event handler and upload policy; owns the epoch flow."""
+
+    def __init__(
+        self, config: Config, database: Database, processor: Processor, open_uploads: OpenUploads
+    ) -> None:
+        self.config = config
+        self.settings = config.epochs
+        self.ledger = Ledger(database)
+        self.database = database
+        self.processor = processor
+        self.open_uploads = open_uploads
+        self.log = get_logger("ingest.epochs")
+        self.registry = EpochRegistry()
+        self.policy = EpochPolicy(self.registry, self.settings.loose_files, self.log)
+        self._io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="epoch-io")
+        # Processing may be CPU-heavy (CSV validation); its own threads keep file
+        # scans responsive meanwhile.
+        self._process_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-proc")
+        # Files our SFTP server saw closed explicitly: path -> (size, sha256, when).
+        self._finished: dict[Path, tuple[int, str, float]] = {}
+        self._dirty: defaultdict[str, set[str | None]] = defaultdict(set)
+        self._wake = asyncio.Event()
+        self._queues: defaultdict[str, set[str]] = defaultdict(set)
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._sessions: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
+        self._sessions_gone: dict[tuple[str, str], asyncio.Event] = {}
+        self._noticed: set[tuple[str, str, str]] = set()  # (district, path, code) logged once
+        self._detected: set[tuple[str, str]] = set()
+        self._stale: set[tuple[str, str]] = set()
+        self._promoted: set[tuple[str, str]] = set()  # epochs made from _auto.csv
+        self._tasks: list[asyncio.Task[None]] = []
+        self._observer: Any = None
+        self._stopping = False
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        recovered = await self._io(self.ledger.recover)
+        for district_dir in await self._io(self._district_dirs):
+            district = district_dir.name
+            self.registry.known[district] = await self._io(self.ledger.known_names, district)
+            staged = await self._io(
+                epoch_files.finish_staged,
+                district_dir / UPLOAD,
+                self.config.staging_dir / district,
+                self.registry.known[district].__contains__,
+            )
+            for name in staged:
+                self._promoted.add((district, name))
+                self.log.info("epoch.promoted", district=district, epoch=name, recovered=True)
+        for record in await self._io(self.ledger.pending):
+            self.registry.submitted[record.district].add(record.name)
+            self._enqueue(record.district, record.name)
+        if recovered:
+            self.log.warning("epoch.recovered", epochs=recovered)
+        loop = asyncio.get_running_loop()
+        self._observer = await self._io(
+            start_observer,
+            self.config.districts_dir,
+            loop,
+            self.mark_dirty,
+            self.settings.observer == "polling",
+            self.settings.polling_interval,
+        )
+        self._tasks = [loop.create_task(self._evaluator()), loop.create_task(self._reconciler())]
+
+    async def stop(self) -> None:
+        """Stop looking for new work; let a running processor finish; leave the rest to the
+        next start (the ledger and the file layout make that exact)."""
+        self._stopping = True
+        if self._observer is not None:
+            self._observer.stop()
+            await self._io(self._observer.join, 5)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        workers = list(self._workers.values())
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        self._process_pool.shutdown(wait=True)
+        self._io_pool.shutdown(wait=True)
+
+    def _district_dirs(self) -> list[Path]:
+        root = self.config.districts_dir
+        return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io_pool, fn, *args)
+
+    # --- signals ---------------------------------------------------------------------------
+
+    def handle_sftp_event(self, event: SFTPEvent) -> None:
+        if isinstance(event, UploadFinished):
+            self._finished[event.real_path] = (event.size, event.sha256, time.time())
+            self.mark_dirty(event.district, self._epoch_of(event.path))
+        elif isinstance(event, UploadStarted):
+            epoch = self._epoch_of(event.path)
+            if epoch is not None:
+                self._sessions[(event.district, epoch)].add(event.session_id)
+        elif isinstance(event, UploadAborted):
+            self.mark_dirty(event.district, self._epoch_of(event.path))
+        elif isinstance(event, PathRenamed):
+            for path in [p for p in self._finished if p.is_relative_to(event.old_real_path)]:
+                new = event.new_real_path / path.relative_to(event.old_real_path)
+                self._finished[new] = self._finished.pop(path)
+            self.mark_dirty(event.district, self._epoch_of(event.old_path))
+            self.mark_dirty(event.district, self._epoch_of(event.new_path))
+        elif isinstance(event, SessionClosed):
+            for key, sessions in list(self._sessions.items()):
+                sessions.discard(event.session_id)
+                if not sessions and key in self._sessions_gone:
+                    self._sessions_gone[key].set()
+
+    @staticmethod
+    def _epoch_of(path: str) -> str | None:
+        parts = path.strip("/").split("/")
+        return parts[1] if len(parts) >= 3 and parts[0] == UPLOAD else None
+
+    def mark_dirty(self, district: str, epoch: str | None) -> None:
+        self._dirty[district].add(epoch)
+        self._wake.set()
+
+    # --- finding ready epochs ------------------------------------------------------------------
+
+    async def _reconciler(self) -> None:
+        """The periodic full look (also the first one at startup); the interval is a timer,
+        not synchronisation."""
+        while True:
+            for district_dir in await self._io(self._district_dirs):
+                self.mark_dirty(district_dir.name, None)
+            forget_before = time.time() - self.settings.stale_after
+            for path in [p for p, (_, _, at) in self._finished.items() if at < forget_before]:
+                del self._finished[path]  # files that never became part of an epoch
+            await asyncio.sleep(self.settings.reconcile_interval)
+
+    async def _evaluator(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, defaultdict(set)
+            for district, targets in dirty.items():
+                try:
+                    if None in targets:
+                        targets |= await self._look_at_upload(district)
+                    for epoch in sorted(t for t in targets if t is not None):
+                        await self._look_at_epoch(district, epoch)
+                except Exception as exc:  # one district's trouble must not stop the others
+                    self.log.error(
+                        "epoch.scan_failed",
+                        district=district,
+                        error=repr(exc),
+                        traceback=traceback.format_exc(),
+                    )
+
+    def _upload_dir(self, district: str) -> Path:
+        return self.config.districts_dir / district / UPLOAD
+
+    async def _look_at_upload(self, district: str) -> set[str | None]:
+        """The top of /upload/: promote settled _auto.csv files, notice gotchas."""
+        upload_dir = self._upload_dir(district)
+        listing = await self._io(list_upload, upload_dir)
+        for name in listing.invalid_dirs:
+            self._notice(
+                district,
+                f"/upload/{name}",
+                "epoch_name_invalid",
+                "directory is not named YYYYMMDD-HHMMSS and is not processed",
+            )
+        for seen in listing.loose_files:
+            self._notice(
+                district,
+                f"/upload/{seen.name}",
+                "epoch_missing",
+                "file is outside an epoch directory and is not processed",
+            )
+        await self._maybe_promote(district, upload_dir, listing.auto_files, listing.temp_files)
+        return {e for e in listing.epochs if not self.registry.is_submitted(district, e)}
+
+    async def _maybe_promote(
+        self, district: str, upload_dir: Path, autos: list[Any], temps: list[Any]
+    ) -> None:
+        if not autos:
+            return
+        now = time.time()
+        open_paths = set(self.open_uploads.open_under(upload_dir))
+        if any(f.path in open_paths for f in [*autos, *temps]):
+            return  # another _auto.csv is still arriving: it joins the same epoch
+        settle_until = 0.0
+        for seen in autos:
+            finished = self._finished.get(seen.path)
+            if finished is not None and finished[0] == seen.size:
+                settle_until = max(settle_until, finished[2] + self.settings.auto_settle)
+            else:
+                settle_until = max(
+                    settle_until,
+                    seen.mtime + max(self.settings.auto_settle, self.settings.quiet_period),
+                )
+        if settle_until > now:
+            self._recheck(district, None, settle_until - now)
+            return
+        known = set(self.registry.known[district])
+        name, moved = await self._io(
+            epoch_files.promote,
+            upload_dir,
+            self.config.staging_dir / district,
+            [f.path for f in autos],
+            known.__contains__,
+        )
+        for old, new in moved.items():
+            if old in self._finished:
+                self._finished[new] = self._finished.pop(old)
+        self._finished[upload_dir / name / MARKER] = (0, epoch_files.EMPTY_SHA256, time.time())
+        self._promoted.add((district, name))
+        self.log.info(
+            "epoch.promoted",
+            district=district,
+            epoch=name,
+            files=sorted(p.name for p in moved.values()),
+        )
+        self.mark_dirty(district, name)
+
+    def _recheck(self, district: str, epoch: str | None, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay + 0.05, self.mark_dirty, district, epoch)
+
+    def _notice(self, district: str, path: str, code: str, message: str) -> None:
+        if (district, path, code) not in self._noticed:
+            self._noticed.add((district, path, code))
+            self.log.warning(
+                "epoch.notice", district=district, path=path, code=code, message=message
+            )
+
+    async def _look_at_epoch(self, district: str, name: str) -> None:
+        if self.registry.is_submitted(district, name) or name in self.registry.known[district]:
+            return
+        epoch_dir = self._upload_dir(district) / name
+        contents = await self._io(read_epoch, epoch_dir)
+        if not contents.files and contents.marker is None and not contents.temp_files:
+            return
+        if (district, name) not in self._detected:
+            self._detected.add((district, name))
+            self.log.info(
+                "epoch.detected",
+                district=district,
+                epoch=name,
+                files=len(contents.files),
+                marker=contents.marker is not None,
+            )
+        for misnamed in contents.misnamed_markers:
+            self._notice(
+                district,
+                f"/upload/{name}/{misnamed}",
+                "marker_misnamed",
+                f"marker must be named exactly {MARKER}; the epoch waits for it",
+            )
+        trusted = {path: size for path, (size, _, _) in self._finished.items()}
+        verdict = judge_epoch(
+            name,
+            contents,
+            open_paths=set(self.open_uploads.open_under(epoch_dir)),
+            trusted_sizes=trusted,
+            now=time.time(),
+            quiet_period=self.settings.quiet_period,
+            stale_after=self.settings.stale_after,
+        )
+        if verdict.reason == "stale":
+            if (district, name) not in self._stale:
+                self._stale.add((district, name))
+                self.log.warning(
+                    "epoch.stale",
+                    district=district,
+                    epoch=name,
+                    code="marker_missing",
+                    message=f"epoch has files but no {MARKER} after "
+                    f"{self.settings.stale_after:.0f} s; it is not processed until {MARKER} "
+                    "is uploaded",
+                )
+            return
+        if not verdict.ready:
+            if verdict.recheck_at is not None:
+                self._recheck(district, name, verdict.recheck_at - time.time())
+            return
+        # Freeze it now (on the loop, so no SFTP request can slip in between), then make
+        # sure nothing was opened while we were looking.
+        self.registry.submitted[district].add(name)
+        if self.open_uploads.open_under(epoch_dir):
+            self.registry.submitted[district].discard(name)
+            return
+        infos = await self._io(self._file_infos, verdict.files)
+        origin = "auto" if (district, name) in self._promoted else "upload"
+        inserted = await self._io(
+            self.ledger.receive, district, name, origin, infos, list(verdict.warnings)
+        )
+        self.registry.known[district].add(name)
+        if not inserted:
+            return
+        marker_closed = self._finished.get(epoch_dir / MARKER)
+        self.log.info(
+            "epoch.ready",
+            district=district,
+            epoch=name,
+            files=[f.name for f in infos],
+            warnings=[w.code for w in verdict.warnings],
+            **(
+                {"since_marker_ms": round((time.time() - marker_closed[2]) * 1000, 1)}
+                if marker_closed
+                else {}
+            ),
+        )
+        self._enqueue(district, name)
+
+    def _file_infos(self, seen: tuple[Any, ...]) -> list[FileInfo]:
+        infos = []
+        for f in seen:
+            finished = self._finished.get(f.path)
+            digest = (
+                finished[1]
+                if finished and finished[0] == f.size and finished[1]
+                else (epoch_files.sha256_file(f.path))
+            )
+            infos.append(FileInfo(f.name, f.size, digest))
+        return infos
+
+    # --- processing --------------------------------------------------------------------------
+
+    def _enqueue(self, district: str, name: str) -> None:
+        self._queues[district].add(name)
+        worker = self._workers.get(district)
+        if worker is None or worker.done():
+            self._workers[district] = asyncio.get_running_loop().create_task(
+                self._district_worker(district)
+            )
+
+    async def _district_worker(self, district: str) -> None:
+        queue = self._queues[district]
+        while queue and not self._stopping:
+            name = min(queue)  # per district, in name order
+            queue.discard(name)
+            try:
+                await self._process(district, name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.error(
+                    "epoch.failed",
+                    district=district,
+                    epoch=name,
+                    error=repr(exc),
+                    traceback=traceback.format_exc(),
+                )
+
+    async def _process(self, district: str, name: str) -> None:
+        record = await self._io(self.ledger.get, district, name)
+        if record is None:
+            return
+        if record.state in ("received", "processing"):
+            state = await self._io(self.ledger.claim, district, name)
+            if state is None:
+                return
+            if state == "superseded":
+                self.log.warning("epoch.superseded", district=district, epoch=name)
+            else:
+                self.log.info(
+                    "epoch.claimed", district=district, epoch=name, attempt=record.attempts + 1
+                )
+                await self._run_processor(district, name)
+        await self._publish(district, name)
+
+    async def _run_processor(self, district: str, name: str) -> None:
+        record = await self._io(self.ledger.get, district, name)
+        assert record is not None
+        source = self._upload_dir(district) / name
+        archive_dir = self.config.archive_dir / district / name
+        await self._io(epoch_files.archive, source, archive_dir, record.files)
+        epoch = ClaimedEpoch(
+            district,
+            name,
+            archive_dir,
+            record.files,
+            "auto" if record.origin == "auto" else "upload",
+            record.warnings,
+        )
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            outcome = await loop.run_in_executor(self._process_pool, self._apply, epoch)
+        except Exception as exc:
+            outcome = Outcome(
+                "failed",
+                errors=(
+                    Finding("processor_error", f"the server failed while processing: {exc!r}"),
+                ),
+                message="server error",
+            )
+            await self._io(self.ledger.fail, district, name, outcome)
+            self.log.error(
+                "epoch.failed",
+                district=district,
+                epoch=name,
+                error=repr(exc),
+                traceback=traceback.format_exc(),
+            )
+            return
+        level = "info" if outcome.status == "applied" else "warning"
+        getattr(self.log, level)(
+            f"epoch.{outcome.status}",
+            district=district,
+            epoch=name,
+            processor=self.processor.name,
+            summary=outcome.summary,
+            errors=len(outcome.errors),
+            warnings=len(outcome.warnings),
+            codes=sorted({f.code for f in outcome.errors}),
+            duration=round(time.monotonic() - started, 3),
+        )
+
+    def _apply(self, epoch: ClaimedEpoch) -> Outcome:
+        """Worker thread: the processor's effects and the final state, one transaction."""
+        with self.database.connect() as conn:
+            outcome = self.processor.process(epoch, conn)
+            self.ledger.finish(conn, epoch.district, epoch.name, outcome)
+        return outcome
+
+    async def _publish(self, district: str, name: str) -> None:
+        key = (district, name)
+        if self._sessions.get(key):
+            gone = self._sessions_gone.setdefault(key, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone.wait(), timeout=self.settings.publish_linger)
+        self._sessions.pop(key, None)
+        self._sessions_gone.pop(key, None)
+        record = await self._io(self.ledger.get, district, name)
+        assert record is not None
+        district_root = self.config.districts_dir / district
+        target = await self._io(
+            epoch_files.publish,
+            district_root / UPLOAD,
+            district_root / PROCESSED,
+            name,
+            self.config.archive_dir / district / name,
+            render_json(record),
+            render_text(record),
+        )
+        await self._io(self.ledger.mark_published, district, name)
+        self.registry.submitted[district].discard(name)
+        epoch_dir = self._upload_dir(district) / name
+        for path in [p for p in self._finished if p.is_relative_to(epoch_dir)]:
+            del self._finished[path]
+        self.log.info(
+            "epoch.published",
+            district=district,
+            epoch=name,
+            state=record.state,
+            path=f"/{PROCESSED}/{target.name}",
+        )
+
+
+def make_processor(config: Config) -> Processor:
+    from ingest.provisioning.filenames import FileNameProcessor
+
+    return FileNameProcessor()
