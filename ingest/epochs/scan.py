@@ -110,7 +110,8 @@ def read_epoch(epoch_dir: Path) -> EpochContents:
 @dataclass(frozen=True)
 class Verdict:
     ready: bool
-    reason: str  # ready | no_marker | stale | files_open | temp_files | settling
+    # ready | no_marker | stale | files_open | files_incomplete | temp_files | settling
+    reason: str
     recheck_at: float | None = None  # wall-clock time when waiting may end by itself
     warnings: tuple[Finding, ...] = ()
     files: tuple[FileSeen, ...] = ()  # what the epoch consists of, when ready
@@ -122,6 +123,7 @@ def judge_epoch(
     *,
     open_paths: set[Path],
     trusted_sizes: dict[Path, int],
+    incomplete: set[Path],
     now: float,
     quiet_period: float,
     stale_after: float,
@@ -130,7 +132,8 @@ def judge_epoch(
 
     ``trusted_sizes``: files our SFTP server saw closed explicitly, with their size then.
     Such a file is settled as soon as it still has that size; any other file must not
-    have changed for ``quiet_period`` seconds.
+    have changed for ``quiet_period`` seconds. ``incomplete``: files whose last upload was
+    cut off; they hold the epoch back until uploaded again or removed.
     """
     everything = [*contents.files, *contents.temp_files]
     if contents.marker is None:
@@ -141,6 +144,8 @@ def judge_epoch(
     candidates = [*everything, contents.marker]
     if any(f.path in open_paths for f in candidates):
         return Verdict(False, "files_open")
+    if any(f.path in incomplete for f in candidates):
+        return Verdict(False, "files_incomplete")  # a session ended mid-file
 
     def settled_at(f: FileSeen) -> float:
         if trusted_sizes.get(f.path) == f.size:

@@ -66,8 +66,12 @@ class EpochService:
         # Processing may be CPU-heavy (CSV validation); its own threads keep file
         # scans responsive meanwhile.
         self._process_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-proc")
+        self._state_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-state")
         # Files our SFTP server saw closed explicitly: path -> (size, sha256, when).
         self._finished: dict[Path, tuple[int, str, float]] = {}
+        # Files whose upload was cut off (session dropped): never processed as they are.
+        # Mirrored in the database so that a restart does not forget them.
+        self._incomplete: set[Path] = set()
         self._dirty: defaultdict[str, set[str | None]] = defaultdict(set)
         self._wake = asyncio.Event()
         self._queues: defaultdict[str, set[str]] = defaultdict(set)
@@ -86,6 +90,7 @@ class EpochService:
 
     async def start(self) -> None:
         recovered = await self._io(self.ledger.recover)
+        self._incomplete = {Path(p) for p in await self._io(self.ledger.incomplete)}
         for district_dir in await self._io(self._district_dirs):
             district = district_dir.name
             self.registry.known[district] = await self._io(self.ledger.known_names, district)
@@ -129,6 +134,7 @@ class EpochService:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         self._process_pool.shutdown(wait=True)
+        self._state_pool.shutdown(wait=True)
         self._io_pool.shutdown(wait=True)
 
     def _district_dirs(self) -> list[Path]:
@@ -143,17 +149,34 @@ class EpochService:
     def handle_sftp_event(self, event: SFTPEvent) -> None:
         if isinstance(event, UploadFinished):
             self._finished[event.real_path] = (event.size, event.sha256, time.time())
+            if event.real_path in self._incomplete:
+                self._incomplete.discard(event.real_path)
+                self._persist(self.ledger.clear_incomplete, [str(event.real_path)])
             self.mark_dirty(event.district, self._epoch_of(event.path))
         elif isinstance(event, UploadStarted):
             epoch = self._epoch_of(event.path)
             if epoch is not None:
                 self._sessions[(event.district, epoch)].add(event.session_id)
         elif isinstance(event, UploadAborted):
+            self._finished.pop(event.real_path, None)
+            self._incomplete.add(event.real_path)
+            self._persist(
+                self.ledger.mark_incomplete, event.district, str(event.real_path), event.bytes
+            )
             self.mark_dirty(event.district, self._epoch_of(event.path))
         elif isinstance(event, PathRenamed):
-            for path in [p for p in self._finished if p.is_relative_to(event.old_real_path)]:
-                new = event.new_real_path / path.relative_to(event.old_real_path)
-                self._finished[new] = self._finished.pop(path)
+            old_root, new_root = event.old_real_path, event.new_real_path
+            for path in [p for p in self._finished if p.is_relative_to(old_root)]:
+                self._finished[new_root / path.relative_to(old_root)] = self._finished.pop(path)
+            moved = [p for p in self._incomplete if p.is_relative_to(old_root)]
+            if moved:
+                # A cut-off file keeps that status under its new name.
+                self._incomplete -= set(moved)
+                self._persist(self.ledger.clear_incomplete, [str(p) for p in moved])
+                for path in moved:
+                    new = new_root / path.relative_to(old_root)
+                    self._incomplete.add(new)
+                    self._persist(self.ledger.mark_incomplete, event.district, str(new), 0)
             self.mark_dirty(event.district, self._epoch_of(event.old_path))
             self.mark_dirty(event.district, self._epoch_of(event.new_path))
         elif isinstance(event, SessionClosed):
@@ -161,6 +184,17 @@ class EpochService:
                 sessions.discard(event.session_id)
                 if not sessions and key in self._sessions_gone:
                     self._sessions_gone[key].set()
+
+    def _persist(self, fn: Callable[..., None], *args: Any) -> None:
+        """A database write from an event callback, off the loop. One thread keeps the
+        writes in event order (a mark must not overtake the clear that follows it)."""
+        future = self._state_pool.submit(fn, *args)
+        future.add_done_callback(
+            lambda f: (
+                f.exception()
+                and self.log.error("epoch.state_write_failed", error=repr(f.exception()))
+            )
+        )
 
     @staticmethod
     def _epoch_of(path: str) -> str | None:
@@ -309,6 +343,7 @@ class EpochService:
             contents,
             open_paths=set(self.open_uploads.open_under(epoch_dir)),
             trusted_sizes=trusted,
+            incomplete=self._incomplete,
             now=time.time(),
             quiet_period=self.settings.quiet_period,
             stale_after=self.settings.stale_after,
@@ -326,6 +361,16 @@ class EpochService:
                     "is uploaded",
                 )
             return
+        if verdict.reason == "files_incomplete":
+            for f in contents.files:
+                if f.path in self._incomplete:
+                    self._notice(
+                        district,
+                        f"/upload/{name}/{f.name}",
+                        "upload_incomplete",
+                        f"{f.name} was not completely uploaded (the session ended mid-file); "
+                        "upload it again to complete the epoch",
+                    )
         if not verdict.ready:
             if verdict.recheck_at is not None:
                 self._recheck(district, name, verdict.recheck_at - time.time())

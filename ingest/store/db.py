@@ -53,6 +53,14 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX epochs_by_state ON epochs (state);
     """,
+    """
+    CREATE TABLE incomplete_uploads (
+        path     TEXT PRIMARY KEY,
+        district TEXT NOT NULL,
+        size     INTEGER NOT NULL,
+        at       TEXT NOT NULL
+    );
+    """,
 )
 
 
