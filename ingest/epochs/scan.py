@@ -147,15 +147,18 @@ def judge_epoch(
     if any(f.path in incomplete for f in candidates):
         return Verdict(False, "files_incomplete")  # a session ended mid-file
 
+    temp_paths = {f.path for f in contents.temp_files}
+
     def settled_at(f: FileSeen) -> float:
-        if trusted_sizes.get(f.path) == f.size:
+        # A finished temp name is about to be renamed (WinSCP closes users.csv.filepart,
+        # then renames it): only time settles it, never our having seen it closed.
+        if f.path not in temp_paths and trusted_sizes.get(f.path) == f.size:
             return 0.0
         return f.mtime + quiet_period
 
     waits = [settled_at(f) for f in candidates if settled_at(f) > now]
     recheck = max(waits) if waits else None
     if any(settled_at(f) > now for f in contents.temp_files):
-        # e.g. WinSCP closed users.csv.filepart and is about to rename it
         return Verdict(False, "temp_files", recheck)
     if recheck is not None:
         return Verdict(False, "settling", recheck)
