@@ -17,6 +17,9 @@ from pathlib import Path
 
 from ingest import __version__
 from ingest.config import Config, ConfigError, load_config
+from ingest.epochs.inventory import processed_report, waiting_epochs
+from ingest.epochs.ledger import STATES, Ledger
+from ingest.epochs.reports import render_text
 from ingest.logging import configure_logging, get_logger
 from ingest.server import Server
 from ingest.sftp import load_or_create_host_keys
@@ -116,6 +119,22 @@ def _parser() -> argparse.ArgumentParser:
     listing = dc.add_parser("list", help="list districts")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=_district_list)
+    epochs = commands.add_parser("epochs", help="inspect and reprocess epochs")
+    ec = epochs.add_subparsers(dest="epochs_command", required=True, metavar="ACTION")
+    elist = ec.add_parser("list", help="epochs in the ledger and epochs still waiting")
+    elist.add_argument("--district")
+    elist.add_argument("--state", choices=[*STATES, "waiting", "stale"])
+    elist.add_argument("--json", action="store_true", help="machine-readable output")
+    elist.set_defaults(handler=_epochs_list)
+    eshow = ec.add_parser("show", help="an epoch's ledger record and report")
+    eshow.add_argument("district")
+    eshow.add_argument("epoch")
+    eshow.add_argument("--json", action="store_true", help="the ledger record as JSON")
+    eshow.set_defaults(handler=_epochs_show)
+    erep = ec.add_parser("reprocess", help="process a finished epoch again (from its archive)")
+    erep.add_argument("district")
+    erep.add_argument("epoch")
+    erep.set_defaults(handler=_epochs_reprocess)
     return parser
 
 
@@ -232,6 +251,70 @@ def _district_remove_key(args: argparse.Namespace, config: Config) -> int:
 def _district_toggle(args: argparse.Namespace, config: Config) -> int:
     _store(config).set_enabled(args.name, args.enabled)
     print(f"{'enabled' if args.enabled else 'disabled'} {args.name}")
+    return 0
+
+
+def _ledger(config: Config) -> Ledger:
+    database = Database(config.database_url)
+    database.migrate()
+    return Ledger(database)
+
+
+def _epochs_list(args: argparse.Namespace, config: Config) -> int:
+    ledger = _ledger(config)
+    rows = [r.to_json() for r in ledger.list_epochs(args.district)]
+    rows += waiting_epochs(config, ledger, args.district)
+    if args.state:
+        rows = [r for r in rows if r["state"] == args.state]
+    rows.sort(key=lambda r: (r["district"], r["epoch"]))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no epochs")
+    for row in rows:
+        outcome = row.get("outcome") or {}
+        detail = outcome.get("message") or ("" if row.get("marker", True) else "no COMPLETE yet")
+        print(f"{row['district']}\t{row['epoch']}\t{row['state']}\t{detail}".rstrip())
+    return 0
+
+
+def _epochs_show(args: argparse.Namespace, config: Config) -> int:
+    record = _ledger(config).get(args.district, args.epoch)
+    if record is None:
+        raise CommandError(
+            f"no epoch {args.epoch} for {args.district} in the ledger; see `ingest epochs list`"
+        )
+    if args.json:
+        print(json.dumps(record.to_json(), indent=2))
+        return 0
+    published = processed_report(config, args.district, args.epoch)
+    print(
+        published.read_text()
+        if record.published_at and published.is_file()
+        else render_text(record),
+        end="",
+    )
+    print(
+        f"\nledger: state={record.state} attempts={record.attempts} "
+        f"published_at={record.published_at}"
+    )
+    return 0
+
+
+def _epochs_reprocess(args: argparse.Namespace, config: Config) -> int:
+    ledger = _ledger(config)
+    record = ledger.get(args.district, args.epoch)
+    if record is None:
+        raise CommandError(f"no epoch {args.epoch} for {args.district} in the ledger")
+    if not ledger.requeue(args.district, args.epoch):
+        raise CommandError(
+            f"epoch {args.epoch} is {record.state}: only a finished epoch can be reprocessed"
+        )
+    print(
+        f"queued {args.district}/{args.epoch} for reprocessing; the running server picks "
+        f"it up within {config.epochs.reconcile_interval:g} s"
+    )
     return 0
 
 

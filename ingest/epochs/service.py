@@ -83,6 +83,8 @@ class EpochService:
         self._stale: set[tuple[str, str]] = set()
         self._promoted: set[tuple[str, str]] = set()  # epochs made from _auto.csv
         self._tasks: list[asyncio.Task[None]] = []
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._in_flight: set[tuple[str, str]] = set()  # queued, processing or publishing
         self._observer: Any = None
         self._stopping = False
 
@@ -129,7 +131,7 @@ class EpochService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        workers = list(self._workers.values())
+        workers = [*self._workers.values(), *self._publishing]
         for worker in workers:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
@@ -213,6 +215,10 @@ class EpochService:
         while True:
             for district_dir in await self._io(self._district_dirs):
                 self.mark_dirty(district_dir.name, None)
+            for record in await self._io(self.ledger.pending):
+                self.registry.submitted[record.district].add(record.name)
+                self.registry.known[record.district].add(record.name)
+                self._enqueue(record.district, record.name)  # reprocess requests, retries
             forget_before = time.time() - self.settings.stale_after
             for path in [p for p, (_, _, at) in self._finished.items() if at < forget_before]:
                 del self._finished[path]  # files that never became part of an epoch
@@ -419,6 +425,10 @@ class EpochService:
     # --- processing --------------------------------------------------------------------------
 
     def _enqueue(self, district: str, name: str) -> None:
+        """Queue an epoch unless it is already on its way (queued, processing, publishing)."""
+        if (district, name) in self._in_flight:
+            return
+        self._in_flight.add((district, name))
         self._queues[district].add(name)
         worker = self._workers.get(district)
         if worker is None or worker.done():
@@ -432,26 +442,36 @@ class EpochService:
             name = min(queue)  # per district, in name order
             queue.discard(name)
             try:
-                await self._process(district, name)
+                publish = await self._process(district, name)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # the reconciler retries from the ledger's state
+                self._in_flight.discard((district, name))
                 self.log.error(
-                    "epoch.failed",
+                    "epoch.error",
                     district=district,
                     epoch=name,
                     error=repr(exc),
                     traceback=traceback.format_exc(),
                 )
+                continue
+            if not publish:
+                self._in_flight.discard((district, name))
+                continue
+            # Publishing may linger for the uploading sessions; the next epoch need not wait.
+            task = asyncio.get_running_loop().create_task(self._publish(district, name))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
 
-    async def _process(self, district: str, name: str) -> None:
+    async def _process(self, district: str, name: str) -> bool:
+        """Claim and process if still waiting; True when the epoch is ready to publish."""
         record = await self._io(self.ledger.get, district, name)
-        if record is None:
-            return
+        if record is None or record.published_at:
+            return False
         if record.state in ("received", "processing"):
             state = await self._io(self.ledger.claim, district, name)
             if state is None:
-                return
+                return False
             if state == "superseded":
                 self.log.warning("epoch.superseded", district=district, epoch=name)
             else:
@@ -459,14 +479,30 @@ class EpochService:
                     "epoch.claimed", district=district, epoch=name, attempt=record.attempts + 1
                 )
                 await self._run_processor(district, name)
-        await self._publish(district, name)
+        return True
 
     async def _run_processor(self, district: str, name: str) -> None:
         record = await self._io(self.ledger.get, district, name)
         assert record is not None
         source = self._upload_dir(district) / name
         archive_dir = self.config.archive_dir / district / name
-        await self._io(epoch_files.archive, source, archive_dir, record.files)
+        try:
+            await self._io(epoch_files.archive, source, archive_dir, record.files)
+        except FileNotFoundError as exc:  # e.g. reprocess of an epoch whose archive is gone
+            outcome = Outcome(
+                "failed",
+                errors=(
+                    Finding(
+                        "epoch_files_missing",
+                        f"the epoch's files are no longer on the server ({exc.filename}); upload "
+                        "them again as a new epoch",
+                    ),
+                ),
+                message="files missing",
+            )
+            await self._io(self.ledger.fail, district, name, outcome)
+            self.log.error("epoch.failed", district=district, epoch=name, error=repr(exc))
+            return
         epoch = ClaimedEpoch(
             district,
             name,
@@ -517,6 +553,22 @@ class EpochService:
         return outcome
 
     async def _publish(self, district: str, name: str) -> None:
+        try:
+            await self._publish_when_idle(district, name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the reconciler retries: the ledger says unpublished
+            self.log.error(
+                "epoch.error",
+                district=district,
+                epoch=name,
+                error=repr(exc),
+                traceback=traceback.format_exc(),
+            )
+        finally:
+            self._in_flight.discard((district, name))
+
+    async def _publish_when_idle(self, district: str, name: str) -> None:
         key = (district, name)
         if self._sessions.get(key):
             gone = self._sessions_gone.setdefault(key, asyncio.Event())
