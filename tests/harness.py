@@ -151,6 +151,23 @@ class Daemon:
         (self.root(name) / WORK_EPOCH.lstrip("/")).mkdir()
         return creds
 
+    def cli(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``ingest ARGS`` as an operator would: another process, the same state."""
+        result = subprocess.run(
+            [sys.executable, "-m", "ingest", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+            cwd=self.data_dir.parent,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"ingest {' '.join(args)} failed: {result.stderr}")
+        return result
+
     def root(self, name: str) -> Path:
         return self.data_dir / "districts" / name
 

@@ -18,18 +18,7 @@ from tests.harness import Credentials, Daemon
 def ingest(
     daemon: Daemon, *args: str, stdin: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "ingest", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=daemon.env,
-        timeout=60,
-        cwd=daemon.data_dir.parent,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"ingest {' '.join(args)} failed: {result.stderr}")
-    return result
+    return daemon.cli(*args, stdin=stdin, check=check)
 
 
 def _keypair(tmp_path: Path, name: str) -> Path:

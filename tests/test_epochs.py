@@ -408,3 +408,41 @@ def test_epochs_ready_together_are_processed_in_name_order(tmp_path: Path) -> No
     for name in names:
         row = ledger_row(daemon, creds.name, name)
         assert row is not None and row["state"] == "applied"
+
+
+def test_operator_cli_lists_shows_and_reprocesses(daemon: Daemon, district: Credentials) -> None:
+    epoch = "20260317-020000"
+    with paramiko_client(daemon, district) as client:
+        sftp = client.open_sftp()
+        put_epoch(sftp, epoch, {"users.csv": USERS})
+        sftp.mkdir("/upload/20260318-020000")  # still waiting for COMPLETE
+        with sftp.open("/upload/20260318-020000/users.csv", "wb") as fh:
+            fh.write(USERS)
+    _stage_on_disk(daemon.root(district.name), "20260101-010101", age=3 * 86400)
+    (daemon.root(district.name) / "upload/20260101-010101/COMPLETE").unlink()  # stale
+    daemon.wait_for("epoch.published", district=district.name, epoch=epoch)
+
+    listed = json.loads(daemon.cli("epochs", "list", "--district", district.name, "--json").stdout)
+    states = {row["epoch"]: row["state"] for row in listed}
+    assert states == {
+        epoch: "applied",
+        "20260318-020000": "waiting",
+        "20260101-010101": "stale",
+        "20260101-000000": "waiting",
+    } or states == {epoch: "applied", "20260318-020000": "waiting", "20260101-010101": "stale"}
+    stale = daemon.cli("epochs", "list", "--state", "stale").stdout
+    assert f"{district.name}\t20260101-010101\tstale" in stale
+    shown = daemon.cli("epochs", "show", district.name, epoch).stdout
+    assert "Your upload was processed." in shown and "state=applied" in shown
+
+    assert "queued" in daemon.cli("epochs", "reprocess", district.name, epoch).stdout
+    daemon.wait_for("epoch.claimed", district=district.name, epoch=epoch, count=2)
+    daemon.wait_for("epoch.published", district=district.name, epoch=epoch, count=2)
+    row = ledger_row(daemon, district.name, epoch)
+    assert row is not None and row["attempts"] == 2 and row["state"] == "applied"
+    assert sorted(p.name for p in (daemon.root(district.name) / "upload-processed").iterdir()) == [
+        epoch
+    ]  # reports rewritten in place, nothing duplicated
+
+    missing = daemon.cli("epochs", "reprocess", district.name, "20991231-000000", check=False)
+    assert missing.returncode == 1 and "no epoch" in missing.stderr
