@@ -442,3 +442,27 @@ def test_operator_cli_lists_shows_and_reprocesses(daemon: Daemon, district: Cred
 
     missing = daemon.cli("epochs", "reprocess", district.name, "20991231-000000", check=False)
     assert missing.returncode == 1 and "no epoch" in missing.stderr
+
+
+@pytest.mark.parametrize("observer", ["inotify", "polling"])
+def test_watchdog_observer_finds_files_from_other_writers(tmp_path: Path, observer: str) -> None:
+    settings = {
+        **FAST,
+        "epochs_reconcile_interval": 600,
+        "epochs_observer": observer,
+        "epochs_polling_interval": 0.2,
+        "epochs_loose_files": "report",
+    }
+    with run_daemon(tmp_path, **settings) as daemon:
+        # The startup scan ran before server.started; the district and its epoch come
+        # later, and the next reconcile is 10 minutes away: only the observer can see them.
+        creds = daemon.add_district()
+        _stage_on_disk(daemon.root(creds.name), "20260319-020000")
+        daemon.wait_for("epoch.published", district=creds.name, epoch="20260319-020000")
+        with (
+            paramiko_client(daemon, creds) as client,  # loose_files = report: accepted
+            client.open_sftp().open("/upload/notes.txt", "wb") as fh,
+        ):
+            fh.write(b"hello")
+        daemon.wait_for("epoch.notice", district=creds.name, code="epoch_missing")
+        assert (daemon.root(creds.name) / "upload" / "notes.txt").exists()

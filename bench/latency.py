@@ -1,0 +1,801 @@
+#!/usr/bin/env python3
+"""Epoch latency benchmark: from the close of COMPLETE to the processor starting.
+
+Run from the repository root with the project's virtualenv::
+
+    .venv/bin/python bench/latency.py                  # 200 epochs, 2 districts, both variants
+    .venv/bin/python bench/latency.py --json           # machine-readable results on stdout
+    .venv/bin/python bench/latency.py --session fresh  # one variant only
+    .venv/bin/python bench/latency.py --help
+
+The daemon is a real ``python -m ingest serve`` subprocess on 127.0.0.1, port 0, with JSON
+logs and a fresh data dir; every other setting is the default (in particular
+``epochs.publish_linger``), because the figures must describe default behaviour. Districts
+are added with an ed25519 key through :class:`ingest.store.DistrictStore`, as in
+``tests/harness.py``.
+
+Each district is a thread with an in-process paramiko client that uploads its epochs one
+after another, as a nightly job does: ``mkdir /upload/YYYYMMDD-HHMMSS``, ``users.csv`` (a
+header and a few rows), then an empty ``COMPLETE``. Epoch names are a fixed date plus a
+counter in the seconds, so they are distinct, valid and sort in upload order (never
+superseded). Two variants, each against its own fresh daemon:
+
+* ``reuse``: one SSH connection and SFTP session per district, kept open for all of its
+  epochs and closed after the last one;
+* ``fresh``: a new SSH connection and SFTP session for every epoch, closed after COMPLETE.
+
+The measurement comes from the daemon's own log timestamps (ISO 8601 UTC, one process
+clock), matched per district and epoch:
+
+* **close -> claimed** (the target): ``upload.finished`` of ``/upload/<epoch>/COMPLETE`` to
+  ``epoch.claimed``, i.e. from the client's close of COMPLETE to the processor starting;
+* **ready**: ``epoch.ready``'s own ``since_marker_ms``;
+* **close -> published**: ``upload.finished`` of COMPLETE to ``epoch.published``;
+* a breakdown between the intermediate events (ready, claimed, outcome, published).
+
+Synchronisation waits on the log with a deadline; nothing sleeps. Targets: close -> claimed
+p50 <= 100 ms and p99 <= 1 s. See docs/performance.md for figures and interpretation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import paramiko  # type: ignore[import-untyped]
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_EPOCH = datetime(2026, 1, 1, 2, 0, 0, tzinfo=UTC)
+MARKER = "COMPLETE"
+USERS = (
+    b"Email,First Name,Last Name\n"
+    b"ada.lovelace@example.org,Ada,Lovelace\n"
+    b"alan.turing@example.org,Alan,Turing\n"
+    b"grace.hopper@example.org,Grace,Hopper\n"
+)
+TARGET_P50_MS = 100.0
+TARGET_P99_MS = 1000.0
+OUTCOMES = ("epoch.applied", "epoch.rejected", "epoch.held", "epoch.failed")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def parse_ts(text: str) -> float:
+    """The daemon's ``timestamp`` (ISO 8601 UTC with ``Z``) as POSIX seconds."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+class Registry:
+    """Every subprocess this run starts; all are ended in :meth:`cleanup`."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(args, text=True, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[str], timeout: float = 40) -> None:
+        """SIGTERM (the daemon drains; default shutdown_grace is 30 s), then SIGKILL."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+        for proc in reversed(self.procs):
+            self.stop(proc)
+
+
+@dataclass
+class Daemon:
+    """The running ``ingest serve`` and its JSON log records, indexed by event name."""
+
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    env: dict[str, str]
+    port: int = 0
+    by_event: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    tail: list[str] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    log_path: Path | None = None  # every raw line is also kept here (see --keep-tmp)
+
+    def start_pump(self) -> None:
+        threading.Thread(target=self._pump, daemon=True, name="daemon-logs").start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        sink = open(self.log_path, "w") if self.log_path else None  # noqa: SIM115
+        for line in self.proc.stdout:
+            if sink is not None:
+                sink.write(line)
+            try:
+                record = json.loads(line)
+                record["_ts"] = parse_ts(record["timestamp"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                record = {"event": "<not json>", "line": line}
+            with self.cond:
+                self.tail = [*self.tail[-30:], line]
+                self.by_event.setdefault(str(record.get("event")), []).append(record)
+                self.cond.notify_all()
+        if sink is not None:
+            sink.close()
+        with self.cond:
+            self.cond.notify_all()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        with self.cond:
+            return list(self.by_event.get(name, []))
+
+    def wait_for(self, what: str, predicate: Callable[[], Any], deadline: float) -> Any:
+        """Wait on the log condition (no polling sleeps) until predicate() is truthy;
+        ``deadline`` is a time.monotonic() value."""
+        with self.cond:
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.proc.poll() is not None:
+                    raise BenchError(
+                        f"no {what} in time (or the daemon exited); last log lines:\n"
+                        + "".join(self.tail[-15:])
+                    )
+                self.cond.wait(min(remaining, 1.0))
+
+    def wait_count(self, name: str, count: int, deadline: float) -> list[dict[str, Any]]:
+        def enough() -> list[dict[str, Any]] | None:
+            found = self.by_event.get(name, [])
+            return list(found) if len(found) >= count else None
+
+        records: list[dict[str, Any]] = self.wait_for(f"{count} x {name}", enough, deadline)
+        return records
+
+
+def start_daemon(reg: Registry, work: Path) -> Daemon:
+    data_dir = work / "data"
+    data_dir.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    env.update(
+        {  # only these four differ from the defaults
+            "INGEST_STORAGE_DATA_DIR": str(data_dir),
+            "INGEST_SERVER_HOST": "127.0.0.1",
+            "INGEST_SERVER_PORT": "0",
+            "INGEST_LOGGING_FORMAT": "json",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    proc = reg.popen(
+        [sys.executable, "-m", "ingest", "serve"],
+        cwd=work,  # no config/ingest.toml there: the embedded defaults apply
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    daemon = Daemon(proc, data_dir, env, log_path=work / "daemon.log")
+    daemon.start_pump()
+    started = daemon.wait_count("server.started", 1, time.monotonic() + 60)[0]
+    daemon.port = int(started["port"])
+    return daemon
+
+
+def add_districts(daemon: Daemon, names: list[str], public_key: str) -> None:
+    from ingest.config import load_config
+    from ingest.store import Database, DistrictStore
+
+    config = load_config(environ=daemon.env)
+    store = DistrictStore(Database(config.database_url), config.districts_dir)
+    for name in names:
+        store.add(name, None, (public_key,))
+
+
+def write_client_key(work: Path) -> tuple[Path, str]:
+    """An ed25519 client key (OpenSSH format) and its public line, without ssh-keygen."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    path = work / "client_ed25519"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    return path, public.decode() + " bench"
+
+
+def write_known_hosts(daemon: Daemon, work: Path) -> Path:
+    path = work / "known_hosts"
+    lines = [
+        f"[127.0.0.1]:{daemon.port} {pub.read_text().strip()}"
+        for pub in sorted((daemon.data_dir / "keys").glob("*.pub"))
+    ]
+    if not lines:
+        raise BenchError(f"no host keys in {daemon.data_dir / 'keys'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --- the districts (paramiko, one thread each) --------------------------------------------
+
+
+@dataclass
+class ClientSide:
+    """What one district's thread saw, in time.time() seconds (same clock as the daemon)."""
+
+    district: str
+    epochs: list[str]
+    connect_s: list[float] = field(default_factory=list)  # SSH + auth + SFTP open
+    started: dict[str, float] = field(default_factory=dict)  # before the mkdir
+    closed: dict[str, float] = field(default_factory=dict)  # COMPLETE's close answered
+    session_closed: dict[str, float] = field(default_factory=dict)  # epoch -> its session gone
+    error: BaseException | None = None
+
+
+@dataclass
+class ClientSettings:
+    port: int
+    key: Any  # paramiko.Ed25519Key
+    known_hosts: Path
+    fresh: bool
+    timeout: float
+
+
+def connect(settings: ClientSettings, user: str) -> tuple[Any, Any]:
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(settings.known_hosts))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(
+        "127.0.0.1",
+        port=settings.port,
+        username=user,
+        pkey=settings.key,
+        allow_agent=False,
+        look_for_keys=False,
+        timeout=settings.timeout,
+        banner_timeout=settings.timeout,
+        auth_timeout=settings.timeout,
+    )
+    sftp = client.open_sftp()
+    sftp.get_channel().settimeout(settings.timeout)
+    return client, sftp
+
+
+def upload_epoch(sftp: Any, name: str) -> None:
+    sftp.mkdir(f"/upload/{name}")
+    with sftp.open(f"/upload/{name}/users.csv", "wb") as fh:
+        fh.write(USERS)
+    with sftp.open(f"/upload/{name}/{MARKER}", "wb"):
+        pass  # an empty marker: open + close
+
+
+def district_thread(
+    settings: ClientSettings, side: ClientSide, ready: threading.Barrier, abort: threading.Event
+) -> None:
+    client: Any = None
+    sftp: Any = None
+    try:
+        if not settings.fresh:
+            t0 = time.perf_counter()
+            client, sftp = connect(settings, side.district)
+            side.connect_s.append(time.perf_counter() - t0)
+        ready.wait(timeout=settings.timeout)
+        for name in side.epochs:
+            if abort.is_set():
+                return
+            if settings.fresh:
+                t0 = time.perf_counter()
+                client, sftp = connect(settings, side.district)
+                side.connect_s.append(time.perf_counter() - t0)
+            side.started[name] = time.time()
+            upload_epoch(sftp, name)
+            side.closed[name] = time.time()
+            if settings.fresh:
+                sftp.close()
+                client.close()
+                client = sftp = None
+                side.session_closed[name] = time.time()
+        if not settings.fresh:
+            sftp.close()
+            client.close()
+            client = sftp = None
+            gone = time.time()
+            for name in side.epochs:
+                side.session_closed[name] = gone
+    except BaseException as exc:
+        side.error = exc
+        abort.set()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            ready.abort()
+    finally:
+        for thing in (sftp, client):
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.close()
+
+
+def epoch_names(count: int) -> list[str]:
+    """Distinct, valid, increasing names: a fixed date plus ``count`` seconds."""
+    return [(BASE_EPOCH + timedelta(seconds=i)).strftime("%Y%m%d-%H%M%S") for i in range(count)]
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+def summary(ms: list[float]) -> dict[str, Any]:
+    if not ms:
+        return {"n": 0}
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p90_ms": round(percentile(ms, 90), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+    }
+
+
+# (key, label) of the rows in the order they are printed
+METRICS = (
+    ("close_to_claimed", "close of COMPLETE -> epoch.claimed (target)"),
+    ("ready_since_marker", "epoch.ready since_marker_ms"),
+    ("close_to_published", "close of COMPLETE -> epoch.published"),
+    ("close_to_ready", "  close of COMPLETE -> epoch.ready"),
+    ("ready_to_claimed", "  epoch.ready -> epoch.claimed"),
+    ("claimed_to_outcome", "  epoch.claimed -> epoch.applied"),
+    ("outcome_to_published", "  epoch.applied -> epoch.published"),
+    ("session_close_to_published", "  client's session closed -> published"),
+    ("client_close_to_claimed", "  client got COMPLETE's close reply -> claimed"),
+    ("client_epoch_upload", "client: mkdir + users.csv + COMPLETE"),
+)
+
+
+# --- one variant -----------------------------------------------------------------------------
+
+
+def run_variant(
+    args: argparse.Namespace, reg: Registry, work: Path, variant: str
+) -> dict[str, Any]:
+    fresh = variant == "fresh"
+    vwork = work / variant
+    vwork.mkdir()
+    key_path, public_key = write_client_key(vwork)
+    daemon = start_daemon(reg, vwork)
+    log(f"{variant}: daemon pid {daemon.proc.pid} on port {daemon.port}")
+    try:
+        return measure(args, daemon, vwork, key_path, public_key, fresh)
+    finally:
+        reg.stop(daemon.proc)
+
+
+def measure(
+    args: argparse.Namespace,
+    daemon: Daemon,
+    work: Path,
+    key_path: Path,
+    public_key: str,
+    fresh: bool,
+) -> dict[str, Any]:
+    districts = [f"district-{i + 1:02d}" for i in range(args.districts)]
+    add_districts(daemon, districts, public_key)
+    settings = ClientSettings(
+        port=daemon.port,
+        key=paramiko.Ed25519Key.from_private_key_file(str(key_path)),
+        known_hosts=write_known_hosts(daemon, work),
+        fresh=fresh,
+        timeout=args.timeout,
+    )
+    per_district = [
+        args.epochs // args.districts + (1 if i < args.epochs % args.districts else 0)
+        for i in range(args.districts)
+    ]
+    sides = [ClientSide(d, epoch_names(n)) for d, n in zip(districts, per_district, strict=True)]
+    ready = threading.Barrier(len(sides))
+    abort = threading.Event()
+    threads = [
+        threading.Thread(
+            target=district_thread,
+            args=(settings, side, ready, abort),
+            daemon=True,
+            name=side.district,
+        )
+        for side in sides
+    ]
+    log(
+        f"{'fresh session per epoch' if fresh else 'one session per district'}: "
+        f"{args.epochs} epochs over {args.districts} districts ({per_district})"
+    )
+    t_start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + args.timeout + args.epochs * 2.0
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            abort.set()
+            raise BenchError(f"{thread.name}: uploads did not finish in time")
+    for side in sides:
+        if side.error is not None:
+            raise BenchError(f"{side.district}: upload failed: {side.error!r}") from side.error
+    uploaded_s = time.monotonic() - t_start
+    log(f"all {args.epochs} epochs uploaded in {uploaded_s:.2f} s; waiting for the daemon")
+
+    total = args.epochs
+    daemon.wait_count("epoch.claimed", total, time.monotonic() + args.timeout)
+    # Publishing may linger up to epochs.publish_linger (default 30 s) while the uploading
+    # session is open; the sessions are closed by now, so this is quick unless it is stuck.
+    daemon.wait_count("epoch.published", total, time.monotonic() + args.timeout + 30)
+    waited_s = time.monotonic() - t_start - uploaded_s
+    return analyse(daemon, sides, total, fresh, uploaded_s, waited_s)
+
+
+def analyse(
+    daemon: Daemon,
+    sides: list[ClientSide],
+    total: int,
+    fresh: bool,
+    uploaded_s: float,
+    waited_s: float,
+) -> dict[str, Any]:
+    def index(event: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """First record of ``event`` per (district, epoch)."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in daemon.events(event):
+            found.setdefault((str(r.get("district")), str(r.get("epoch"))), r)
+        return found
+
+    marker_closed: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in daemon.events("upload.finished"):
+        parts = str(r.get("path", "")).strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "upload" and parts[2] == MARKER:
+            marker_closed.setdefault((str(r.get("district")), parts[1]), r)
+    ready, claimed, published = (
+        index("epoch.ready"),
+        index("epoch.claimed"),
+        index("epoch.published"),
+    )
+    outcome: dict[tuple[str, str], dict[str, Any]] = {}
+    for name in OUTCOMES:
+        for key, r in index(name).items():
+            outcome.setdefault(key, r)
+
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for side in sides:
+        for name in side.epochs:
+            key = (side.district, name)
+            missing = [
+                label
+                for label, table in (
+                    ("upload.finished COMPLETE", marker_closed),
+                    ("epoch.ready", ready),
+                    ("epoch.claimed", claimed),
+                    ("outcome", outcome),
+                    ("epoch.published", published),
+                )
+                if key not in table
+            ]
+            if missing:
+                problems.append(f"{side.district}/{name}: no {', '.join(missing)}")
+                continue
+            t_close, t_ready = marker_closed[key]["_ts"], ready[key]["_ts"]
+            t_claimed, t_outcome = claimed[key]["_ts"], outcome[key]["_ts"]
+            t_published = published[key]["_ts"]
+            if outcome[key]["event"] != "epoch.applied":
+                problems.append(f"{side.district}/{name}: {outcome[key]['event']}")
+            if claimed[key].get("attempt") != 1:
+                problems.append(f"{side.district}/{name}: attempt {claimed[key].get('attempt')}")
+            rows.append(
+                {
+                    "district": side.district,
+                    "epoch": name,
+                    "close_to_claimed": (t_claimed - t_close) * 1000,
+                    "ready_since_marker": ready[key].get("since_marker_ms"),
+                    "close_to_published": (t_published - t_close) * 1000,
+                    "close_to_ready": (t_ready - t_close) * 1000,
+                    "ready_to_claimed": (t_claimed - t_ready) * 1000,
+                    "claimed_to_outcome": (t_outcome - t_claimed) * 1000,
+                    "outcome_to_published": (t_published - t_outcome) * 1000,
+                    "session_close_to_published": (t_published - side.session_closed[name]) * 1000,
+                    "client_close_to_claimed": (t_claimed - side.closed[name]) * 1000,
+                    "client_epoch_upload": (side.closed[name] - side.started[name]) * 1000,
+                }
+            )
+    if len(rows) != total:
+        raise BenchError(
+            f"only {len(rows)} of {total} epochs have every event: " + "; ".join(problems[:10])
+        )
+    metrics = {
+        key: summary([float(r[key]) for r in rows if r[key] is not None]) for key, _ in METRICS
+    }
+    target = metrics["close_to_claimed"]
+    connects = [s * 1000 for side in sides for s in side.connect_s]
+    return {
+        "session": "fresh" if fresh else "reuse",
+        "epochs": total,
+        "districts": len(sides),
+        "upload_seconds": round(uploaded_s, 3),
+        "wait_seconds": round(waited_s, 3),
+        "epochs_per_second": round(total / uploaded_s, 1),
+        "connect": summary(connects),
+        "metrics": metrics,
+        "targets": {
+            "p50_ms": TARGET_P50_MS,
+            "p99_ms": TARGET_P99_MS,
+            "p50_met": target["p50_ms"] <= TARGET_P50_MS,
+            "p99_met": target["p99_ms"] <= TARGET_P99_MS,
+        },
+        "problems": problems,
+        "samples": [
+            {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()} for r in rows
+        ],
+    }
+
+
+# --- setup, run, report ----------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    """The checkout being measured (with '+dirty' for uncommitted changes under ingest/)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "ingest"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def machine_info() -> dict[str, Any]:
+    import asyncssh
+
+    cpu_model = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "asyncssh": asyncssh.__version__,
+        "paramiko": paramiko.__version__,
+        "ingest_commit": git_commit(),
+    }
+
+
+def run(args: argparse.Namespace, reg: Registry, work: Path) -> dict[str, Any]:
+    info = machine_info()
+    log(
+        f"{info['nproc']} CPUs ({info['cpu_model']}), Python {info['python']}, "
+        f"asyncssh {info['asyncssh']}, paramiko {info['paramiko']}, ingest {info['ingest_commit']}"
+    )
+    variants = ["reuse", "fresh"] if args.session == "both" else [args.session]
+    results: dict[str, Any] = {
+        "machine": info,
+        "settings": {
+            "epochs": args.epochs,
+            "districts": args.districts,
+            "session": args.session,
+            "daemon": "defaults except storage.data_dir, server.host/port, logging.format",
+        },
+        "variants": {},
+    }
+    for variant in variants:
+        result = run_variant(args, reg, work, variant)
+        results["variants"][variant] = result
+        m = result["metrics"]["close_to_claimed"]
+        log(
+            f"{variant}: close -> claimed p50 {m['p50_ms']} ms, p99 {m['p99_ms']} ms, "
+            f"max {m['max_ms']} ms"
+        )
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    st = results["settings"]
+    out = [
+        "",
+        "ingest epoch latency (loopback, paramiko, daemon with default settings)",
+        f"  machine : {m['nproc']} CPUs, {m['cpu_model']}, Linux {m['kernel']}",
+        f"  software: ingest {m['ingest_commit']}, Python {m['python']}, asyncssh "
+        f"{m['asyncssh']}, paramiko {m['paramiko']}",
+        f"  {st['epochs']} epochs per variant over {st['districts']} districts in parallel, "
+        "uploaded back to back; times from the daemon's log timestamps",
+    ]
+    for variant, r in results["variants"].items():
+        title = (
+            "one SFTP session per district, reused for all its epochs"
+            if variant == "reuse"
+            else "a fresh SSH connection + SFTP session per epoch"
+        )
+        c = r["connect"]
+        out += [
+            "",
+            f"{variant}: {title}",
+            f"  {r['epochs']} epochs uploaded in {r['upload_seconds']:.2f} s "
+            f"({r['epochs_per_second']} epochs/s); connect + auth + SFTP open p50 "
+            f"{c.get('p50_ms', 0):.1f} ms (n={c['n']})",
+            f"  {'ms':47s} {'n':>4s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'max':>8s} {'mean':>8s}",
+        ]
+        for key, label in METRICS:
+            q = r["metrics"][key]
+            if not q["n"]:
+                out.append(f"  {label:47s}    0")
+                continue
+            out.append(
+                f"  {label:47s} {q['n']:4d} {q['p50_ms']:8.1f} {q['p90_ms']:8.1f} "
+                f"{q['p99_ms']:8.1f} {q['max_ms']:8.1f} {q['mean_ms']:8.1f}"
+            )
+        t, q = r["targets"], r["metrics"]["close_to_claimed"]
+        out.append(
+            f"  target close -> claimed: p50 {q['p50_ms']:.1f} <= {t['p50_ms']:.0f} ms "
+            f"{'MET' if t['p50_met'] else 'NOT MET'}; p99 {q['p99_ms']:.1f} <= "
+            f"{t['p99_ms']:.0f} ms {'MET' if t['p99_met'] else 'NOT MET'}"
+        )
+        if r["problems"]:
+            out.append(f"  notes: {'; '.join(r['problems'][:5])}")
+    return "\n".join(out) + "\n"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Measure the latency from the close of COMPLETE to the processor starting."
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=200,
+        help="epochs per variant, spread evenly over the districts (default 200)",
+    )
+    parser.add_argument(
+        "--districts",
+        type=int,
+        default=2,
+        help="districts uploading in parallel, one thread each (default 2)",
+    )
+    parser.add_argument(
+        "--session",
+        choices=("reuse", "fresh", "both"),
+        default="both",
+        help="reuse: one SFTP session per district for all its epochs; fresh: a new "
+        "connection per epoch; both: one after the other, each with its own daemon "
+        "(default both)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="deadline in seconds for each wait on the daemon (default 60)",
+    )
+    parser.add_argument(
+        "--tmp",
+        type=Path,
+        default=None,
+        help="parent directory for the temporary files (default: $TMPDIR)",
+    )
+    parser.add_argument(
+        "--keep-tmp",
+        action="store_true",
+        help="leave the temporary directory (data, logs) for inspection",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the results (with every epoch's sample) as JSON on stdout",
+    )
+    parser.add_argument(
+        "--save", type=Path, default=None, metavar="FILE", help="also write the JSON to FILE"
+    )
+    args = parser.parse_args(argv)
+    if args.districts < 1 or args.epochs < args.districts:
+        parser.error("need at least one district and at least one epoch per district")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+    reg = Registry()
+    work = Path(tempfile.mkdtemp(prefix="ingest-latency-", dir=args.tmp))
+    started = time.monotonic()
+    try:
+        results = run(args, reg, work)
+        results["elapsed_s"] = round(time.monotonic() - started, 1)
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; daemon stopped and temporary files removed", file=sys.stderr)
+        return 130
+    finally:
+        reg.cleanup()
+        if args.keep_tmp:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.save is not None:
+        args.save.write_text(json.dumps(results, indent=2) + "\n")
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+    else:
+        sys.stdout.write(render(results))
+        print(f"\n(finished in {results['elapsed_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
