@@ -44,6 +44,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -69,6 +70,7 @@ USERS = (
     b"alan.turing@example.org,Alan,Turing\n"
     b"grace.hopper@example.org,Grace,Hopper\n"
 )
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_P50_MS = 100.0
 TARGET_P99_MS = 1000.0
 OUTCOMES = ("epoch.applied", "epoch.rejected", "epoch.held", "epoch.failed")
@@ -182,6 +184,21 @@ class Daemon:
                     )
                 self.cond.wait(min(remaining, 1.0))
 
+    def wait_event(self, name: str, deadline: float, **match: Any) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            for found in self.by_event.get(name, [])[::-1]:
+                if all(found.get(k) == v for k, v in match.items()):
+                    return found
+            return None
+
+        record: dict[str, Any] = self.wait_for(f"{name} {match}", find, deadline)
+        return record
+
+    def cpu(self) -> tuple[float, float]:
+        """(whole process, main thread = event loop) CPU seconds so far."""
+        pid = self.proc.pid
+        return cpu_seconds(pid), cpu_seconds(pid, pid)
+
     def wait_count(self, name: str, count: int, deadline: float) -> list[dict[str, Any]]:
         def enough() -> list[dict[str, Any]] | None:
             found = self.by_event.get(name, [])
@@ -189,6 +206,20 @@ class Daemon:
 
         records: list[dict[str, Any]] = self.wait_for(f"{count} x {name}", enough, deadline)
         return records
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime+stime of a process (all its threads, live and dead) or of one thread."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process: the paramiko clients (and the log reader)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def start_daemon(reg: Registry, work: Path) -> Daemon:
@@ -285,6 +316,8 @@ class ClientSettings:
     known_hosts: Path
     fresh: bool
     timeout: float
+    # --wait-claimed: called after each epoch; returns once the daemon claimed it
+    wait_claimed: Callable[[str, str], None] | None = None
 
 
 def connect(settings: ClientSettings, user: str) -> tuple[Any, Any]:
@@ -336,6 +369,8 @@ def district_thread(
             side.started[name] = time.time()
             upload_epoch(sftp, name)
             side.closed[name] = time.time()
+            if settings.wait_claimed is not None:
+                settings.wait_claimed(side.district, name)
             if settings.fresh:
                 sftp.close()
                 client.close()
@@ -438,6 +473,14 @@ def measure(
         fresh=fresh,
         timeout=args.timeout,
     )
+    if args.wait_claimed:
+
+        def wait_claimed(district: str, name: str) -> None:
+            daemon.wait_event(
+                "epoch.claimed", time.monotonic() + args.timeout, district=district, epoch=name
+            )
+
+        settings.wait_claimed = wait_claimed
     per_district = [
         args.epochs // args.districts + (1 if i < args.epochs % args.districts else 0)
         for i in range(args.districts)
@@ -459,6 +502,7 @@ def measure(
         f"{args.epochs} epochs over {args.districts} districts ({per_district})"
     )
     t_start = time.monotonic()
+    cpu_before = (*daemon.cpu(), own_cpu())
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + args.timeout + args.epochs * 2.0
@@ -475,11 +519,23 @@ def measure(
 
     total = args.epochs
     daemon.wait_count("epoch.claimed", total, time.monotonic() + args.timeout)
+    claimed_s = time.monotonic() - t_start
+    cpu_after = (*daemon.cpu(), own_cpu())
+    cpu = [after - before for after, before in zip(cpu_after, cpu_before, strict=True)]
     # Publishing may linger up to epochs.publish_linger (default 30 s) while the uploading
     # session is open; the sessions are closed by now, so this is quick unless it is stuck.
     daemon.wait_count("epoch.published", total, time.monotonic() + args.timeout + 30)
-    waited_s = time.monotonic() - t_start - uploaded_s
-    return analyse(daemon, sides, total, fresh, uploaded_s, waited_s)
+    result = analyse(daemon, sides, total, fresh, uploaded_s)
+    result["paced"] = bool(args.wait_claimed)
+    result["all_claimed_seconds"] = round(claimed_s, 3)
+    result["all_published_seconds"] = round(time.monotonic() - t_start, 3)
+    # from the first upload until the last epoch.claimed; 10 ms ticks
+    result["cpu_seconds"] = {
+        "daemon": round(cpu[0], 2),
+        "daemon_loop_thread": round(cpu[1], 2),
+        "client": round(cpu[2], 2),
+    }
+    return result
 
 
 def analyse(
@@ -488,7 +544,6 @@ def analyse(
     total: int,
     fresh: bool,
     uploaded_s: float,
-    waited_s: float,
 ) -> dict[str, Any]:
     def index(event: str) -> dict[tuple[str, str], dict[str, Any]]:
         """First record of ``event`` per (district, epoch)."""
@@ -568,7 +623,6 @@ def analyse(
         "epochs": total,
         "districts": len(sides),
         "upload_seconds": round(uploaded_s, 3),
-        "wait_seconds": round(waited_s, 3),
         "epochs_per_second": round(total / uploaded_s, 1),
         "connect": summary(connects),
         "metrics": metrics,
@@ -641,6 +695,7 @@ def run(args: argparse.Namespace, reg: Registry, work: Path) -> dict[str, Any]:
             "epochs": args.epochs,
             "districts": args.districts,
             "session": args.session,
+            "wait_claimed": args.wait_claimed,
             "daemon": "defaults except storage.data_dir, server.host/port, logging.format",
         },
         "variants": {},
@@ -666,7 +721,12 @@ def render(results: dict[str, Any]) -> str:
         f"  software: ingest {m['ingest_commit']}, Python {m['python']}, asyncssh "
         f"{m['asyncssh']}, paramiko {m['paramiko']}",
         f"  {st['epochs']} epochs per variant over {st['districts']} districts in parallel, "
-        "uploaded back to back; times from the daemon's log timestamps",
+        + (
+            "each uploaded once the daemon claimed the previous one (--wait-claimed)"
+            if st["wait_claimed"]
+            else "uploaded back to back"
+        ),
+        "  latencies in ms from the daemon's log timestamps (nearest-rank percentiles)",
     ]
     for variant, r in results["variants"].items():
         title = (
@@ -674,13 +734,17 @@ def render(results: dict[str, Any]) -> str:
             if variant == "reuse"
             else "a fresh SSH connection + SFTP session per epoch"
         )
-        c = r["connect"]
+        c, cpu = r["connect"], r["cpu_seconds"]
         out += [
             "",
             f"{variant}: {title}",
             f"  {r['epochs']} epochs uploaded in {r['upload_seconds']:.2f} s "
             f"({r['epochs_per_second']} epochs/s); connect + auth + SFTP open p50 "
             f"{c.get('p50_ms', 0):.1f} ms (n={c['n']})",
+            f"  all claimed after {r['all_claimed_seconds']:.2f} s, all published after "
+            f"{r['all_published_seconds']:.2f} s; CPU s until the last claim: daemon "
+            f"{cpu['daemon']:.2f} (event-loop thread {cpu['daemon_loop_thread']:.2f}), "
+            f"client {cpu['client']:.2f}",
             f"  {'ms':47s} {'n':>4s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'max':>8s} {'mean':>8s}",
         ]
         for key, label in METRICS:
@@ -726,6 +790,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="reuse: one SFTP session per district for all its epochs; fresh: a new "
         "connection per epoch; both: one after the other, each with its own daemon "
         "(default both)",
+    )
+    parser.add_argument(
+        "--wait-claimed",
+        action="store_true",
+        help="each district uploads its next epoch only after the daemon logged "
+        "epoch.claimed for the previous one: latency without queueing behind earlier epochs",
     )
     parser.add_argument(
         "--timeout",

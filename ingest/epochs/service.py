@@ -184,8 +184,10 @@ class EpochService:
         elif isinstance(event, SessionClosed):
             for key, sessions in list(self._sessions.items()):
                 sessions.discard(event.session_id)
-                if not sessions and key in self._sessions_gone:
-                    self._sessions_gone[key].set()
+                if not sessions:
+                    del self._sessions[key]
+                    if key in self._sessions_gone:
+                        self._sessions_gone[key].set()
 
     def _persist(self, fn: Callable[..., None], *args: Any) -> None:
         """A database write from an event callback, off the loop. One thread keeps the
@@ -590,9 +592,18 @@ class EpochService:
         )
         await self._io(self.ledger.mark_published, district, name)
         self.registry.submitted[district].discard(name)
+        # Forget what was only needed while the epoch was in /upload/.
         epoch_dir = self._upload_dir(district) / name
         for path in [p for p in self._finished if p.is_relative_to(epoch_dir)]:
             del self._finished[path]
+        prefix = f"/upload/{name}"
+        self._noticed = {
+            n
+            for n in self._noticed
+            if not (n[0] == district and (n[1] == prefix or n[1].startswith(prefix + "/")))
+        }
+        for seen in (self._detected, self._stale, self._promoted):
+            seen.discard((district, name))
         self.log.info(
             "epoch.published",
             district=district,

@@ -1,0 +1,154 @@
+"""The naming contract and readiness rules as pure functions (the e2e tests use them too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingest.epochs.names import (
+    auto_target,
+    is_misnamed_marker,
+    is_temp_name,
+    parse_epoch_name,
+)
+from ingest.epochs.policy import EpochPolicy, EpochRegistry
+from ingest.epochs.scan import EpochContents, FileSeen, judge_epoch
+from ingest.provisioning.filenames import check_file_names, meant_file
+from ingest.sftp import Denied
+
+
+def test_epoch_names() -> None:
+    assert parse_epoch_name("20260131-020000").time_valid  # type: ignore[union-attr]
+    odd = parse_epoch_name("20200101-139029")  # the vendor's documentation example
+    assert odd is not None and not odd.time_valid
+    for bad in ("2026-01-31", "20260131", "20260131-0200", "20260131_020000", "x20260131-020000"):
+        assert parse_epoch_name(bad) is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "complete",
+        "Complete",
+        "COMPLETE.txt",
+        "COMPLETE.csv",
+        " COMPLETE",
+        "COMPLETE ",
+        "complete.done",
+    ],
+)
+def test_misnamed_markers(name: str) -> None:
+    assert is_misnamed_marker(name)
+
+
+def test_names_that_are_not_markers_or_are_exact() -> None:
+    assert not is_misnamed_marker("COMPLETE")
+    assert not is_misnamed_marker("users.csv")
+    assert not is_misnamed_marker("completed.csv")
+
+
+def test_temp_and_auto_names() -> None:
+    for temp in ("users.csv.filepart", "users.csv.part", "x.tmp", ".users.csv.swp", "a~"):
+        assert is_temp_name(temp)
+    assert not is_temp_name("users.csv")
+    assert auto_target("users_auto.csv") == "users.csv"
+    assert auto_target("staff_auto.csv") == "staff.csv"
+    assert auto_target("users.csv") is None
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("Users.csv", "users.csv"),
+        ("user.csv", "users.csv"),
+        ("users.CSV", "users.csv"),
+        ("users.csv.csv", "users.csv"),
+        ("users.txt", "users.csv"),
+        ("users_auto.csv", "users.csv"),
+        ("staff.csv", None),
+        ("users.csv", None),
+    ],
+)
+def test_meant_file(name: str, meant: str | None) -> None:
+    assert meant_file(name) == meant
+
+
+def test_file_name_findings() -> None:
+    errors, warnings = check_file_names(["Users.csv", "notes.txt"], {"Users.csv": 10})
+    assert [e.code for e in errors] == ["file_misnamed"]  # not also file_missing
+    assert [w.code for w in warnings] == ["file_unknown"]
+    errors, _ = check_file_names(["users.csv"], {"users.csv": 0})
+    assert [e.code for e in errors] == ["file_empty"]
+    errors, _ = check_file_names([], {})
+    assert [e.code for e in errors] == ["file_missing"]
+
+
+def _seen(name: str, size: int = 10, mtime: float = 0.0) -> FileSeen:
+    return FileSeen(name, Path("/e") / name, size, mtime)
+
+
+def _judge(contents: EpochContents, **kwargs: object) -> str:
+    defaults: dict[str, object] = {
+        "open_paths": set(),
+        "trusted_sizes": {},
+        "incomplete": set(),
+        "now": 1000.0,
+        "quiet_period": 10.0,
+        "stale_after": 500.0,
+    }
+    return judge_epoch("20260131-020000", contents, **{**defaults, **kwargs}).reason  # type: ignore[arg-type]
+
+
+def test_readiness_rules() -> None:
+    users, marker = _seen("users.csv", mtime=999.0), _seen("COMPLETE", 0, mtime=999.0)
+    fresh = EpochContents(marker, [users], [], [], [], [])
+    trusted = {users.path: 10, marker.path: 0}
+    assert _judge(fresh, trusted_sizes=trusted) == "ready"
+    assert _judge(fresh) == "settling"  # not seen over SFTP: quiet period
+    assert _judge(fresh, now=1010.0) == "ready"
+    assert _judge(fresh, trusted_sizes={users.path: 5, marker.path: 0}) == "settling"
+    assert _judge(fresh, trusted_sizes=trusted, open_paths={users.path}) == "files_open"
+    assert _judge(fresh, trusted_sizes=trusted, incomplete={users.path}) == "files_incomplete"
+    part = _seen("users.csv.filepart", mtime=999.0)
+    with_part = EpochContents(marker, [users], [part], [], [], [])
+    assert _judge(with_part, trusted_sizes={**trusted, part.path: 10}) == "temp_files"
+    assert _judge(with_part, trusted_sizes=trusted, now=1010.0) == "ready"  # a leftover
+    no_marker = EpochContents(None, [users], [], [], [], [])
+    assert _judge(no_marker) == "no_marker"
+    assert _judge(no_marker, now=2000.0) == "stale"
+
+
+def test_policy() -> None:
+    registry = EpochRegistry()
+    registry.known["d"].add("20260101-000000")
+    registry.submitted["d"].add("20260102-000000")
+    messages: list[object] = []
+
+    class Log:
+        def warning(self, *args: object, **kwargs: object) -> None:
+            messages.append(kwargs.get("code"))
+
+    policy = EpochPolicy(registry, "refuse", Log())
+
+    def reason(operation: str, path: str) -> str | None:
+        try:
+            policy.check("d", operation, path)
+        except Denied as denial:
+            return denial.reason
+        return None
+
+    assert reason("mkdir", "/upload/20260103-000000") is None
+    assert reason("mkdir", "/upload/foo") == "epoch_name_invalid"
+    assert reason("mkdir", "/upload/20260101-000000") == "epoch_duplicate"
+    assert reason("mkdir", "/upload/20200101-139029") is None and messages == ["epoch_time_invalid"]
+    assert reason("open", "/upload/users.csv") == "epoch_missing"
+    assert reason("open", "/upload/users_auto.csv") is None
+    assert reason("open", "/upload/users_auto.csv.filepart") is None
+    assert reason("rename_target", "/upload/users.csv") == "epoch_missing"
+    assert reason("open", "/upload/20260103-000000/Complete") == "marker_misnamed"
+    assert reason("open", "/upload/20260102-000000/users.csv") == "epoch_submitted"
+    assert reason("remove", "/upload/20260102-000000/users.csv") == "epoch_submitted"
+    assert reason("rmdir", "/upload/20260102-000000") == "epoch_submitted"
+    assert reason("mkdir", "/upload/20260103-000000/sub") == "epoch_subdirectory"
+    assert reason("open", "/other/x") is None  # outside /upload/: the chroot decides
