@@ -152,3 +152,4 @@ def test_policy() -> None:
     assert reason("rmdir", "/upload/20260102-000000") == "epoch_submitted"
     assert reason("mkdir", "/upload/20260103-000000/sub") == "epoch_subdirectory"
     assert reason("open", "/other/x") is None  # outside /upload/: the chroot decides
+    assert reason("mkdir", "/upload/29991231-000000") == "epoch_in_future"

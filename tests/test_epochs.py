@@ -284,11 +284,11 @@ def test_submitted_epoch_is_frozen_but_stays_addressable(
         sftp.utime(f"/upload/{epoch}/COMPLETE", (1_700_000_000, 1_700_000_000))
         sftp.chmod(f"/upload/{epoch}/users.csv", 0o644)
         assert sftp.stat(f"/upload/{epoch}/users.csv").st_size == len(USERS)
-        with pytest.raises(PermissionError, match="being processed"):
+        with pytest.raises(PermissionError, match="submitted for processing"):
             sftp.open(f"/upload/{epoch}/extra.csv", "wb")
-        with pytest.raises(PermissionError, match="being processed"):
+        with pytest.raises(PermissionError, match="submitted for processing"):
             sftp.remove(f"/upload/{epoch}/users.csv")
-        with pytest.raises(PermissionError, match="being processed"):
+        with pytest.raises(PermissionError, match="submitted for processing"):
             sftp.rename(f"/upload/{epoch}", "/upload/20260308-030000")
         assert not daemon.events("epoch.published", district=district.name, epoch=epoch)
     published = daemon.wait_for("epoch.published", district=district.name, epoch=epoch)

@@ -8,6 +8,7 @@ service keeps current.
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ingest.epochs.names import (
@@ -21,6 +22,7 @@ from ingest.epochs.names import (
 from ingest.sftp import Denied
 
 EXAMPLE_EPOCH = "20260131-020000"
+FUTURE_TOLERANCE = timedelta(days=1)  # clock skew and time zones, not typos
 
 HOW_TO_UPLOAD = (
     f"create /upload/{EPOCH_FORMAT}/ (the UTC upload time, e.g. /upload/{EXAMPLE_EPOCH}/), "
@@ -70,6 +72,15 @@ class EpochPolicy:
                     "epoch_duplicate",
                     f"epoch {name} was already submitted; use a new timestamp for a new upload",
                 )
+            moment = parsed.timestamp
+            if moment is not None and moment > datetime.now(UTC) + FUTURE_TOLERANCE:
+                # Epochs are ordered by name: one far in the future would make every later
+                # real upload look older than it, and so superseded.
+                raise Denied(
+                    "epoch_in_future",
+                    f"{name} is more than a day in the future; name the epoch with the "
+                    "current UTC time (date -u +%Y%m%d-%H%M%S)",
+                )
             if not parsed.time_valid:
                 self.log.warning(
                     "epoch.notice",
@@ -81,7 +92,8 @@ class EpochPolicy:
             return
         if operation in ("rmdir", "rename_source") and self.registry.is_submitted(district, name):
             raise Denied(
-                "epoch_submitted", f"epoch {name} is complete and being processed; it cannot change"
+                "epoch_submitted",
+                f"epoch {name} is complete and was submitted for processing; it cannot change",
             )
         if operation in ("open", "rename_target"):
             if is_temp_name(name) or auto_target(name) is not None:
@@ -108,8 +120,8 @@ class EpochPolicy:
         if self.registry.is_submitted(district, epoch):
             raise Denied(
                 "epoch_submitted",
-                f"epoch {epoch} is complete and being processed; it cannot change "
-                "any more. Upload changes as a new epoch with a new timestamp.",
+                f"epoch {epoch} is complete and was submitted for processing; it cannot "
+                "change any more. Upload changes as a new epoch with a new timestamp.",
             )
         if operation == "mkdir":
             raise Denied(

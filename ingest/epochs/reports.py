@@ -71,7 +71,11 @@ def render_text(record: EpochRecord) -> str:
         if findings:
             lines += ["", f"{title} ({len(findings)}):"]
             lines += _grouped([Finding.from_json(f) for f in findings])
-    lines += ["", "Codes are documented in the district guide (docs/districts.md)."]
+    lines += [
+        "",
+        "Every code is explained in the district guide (docs/districts.md in the "
+        "ingest documentation; ask your operator for it).",
+    ]
     return "\n".join(lines) + "\n"
 
 

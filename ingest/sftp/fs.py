@@ -347,6 +347,11 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         await self._on_path("remove", path, Access.WRITE, os.unlink)
 
     async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
+        # Clients create every directory on the way (curl --ftp-create-dirs, lftp mirror):
+        # an existing one is "already exists", not a policy refusal of /upload itself.
+        _, exists = await self._on_path("mkdir", path, Access.READ, os.path.lexists)
+        if exists:
+            raise asyncssh.SFTPFileAlreadyExists("directory already exists")
         await self._on_path("mkdir", path, Access.WRITE, lambda p: os.mkdir(p, DIR_MODE))
 
     async def rmdir(self, path: bytes) -> None:
