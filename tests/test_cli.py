@@ -53,7 +53,8 @@ def test_district_lifecycle_against_running_server(daemon: Daemon, tmp_path: Pat
     fingerprint = entry["keys"][0]["fingerprint"]
     assert fingerprint.startswith("SHA256:")
     assert "first-password" not in json.dumps(listing)
-    stored = (daemon.data_dir / "state" / "ingest.db").read_bytes()
+    state = daemon.data_dir / "state"  # the database and its write-ahead log
+    stored = b"".join(p.read_bytes() for p in state.glob("ingest.db*"))
     assert b"first-password-123" not in stored and b"$argon2id$" in stored
 
     ingest(

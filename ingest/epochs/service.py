@@ -17,18 +17,18 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ingest.config import Config
 from ingest.epochs import files as epoch_files
 from ingest.epochs.handoff import ClaimedEpoch, FileInfo, Finding, Outcome, Processor
-from ingest.epochs.ledger import Ledger
+from ingest.epochs.ledger import EpochRecord, Ledger
 from ingest.epochs.names import MARKER
 from ingest.epochs.policy import EpochPolicy, EpochRegistry
 from ingest.epochs.reports import render_json, render_text
-from ingest.epochs.scan import judge_epoch, list_upload, read_epoch
+from ingest.epochs.scan import Verdict, judge_epoch, list_upload, read_epoch
 from ingest.epochs.watcher import start_observer
 from ingest.logging import get_logger
 from ingest.sftp import (
@@ -47,6 +47,44 @@ UPLOAD = "upload"
 PROCESSED = "upload-processed"
 
 
+class FinishedFiles:
+    """Files our SFTP server saw closed explicitly (size, sha256, when), kept by directory
+    so that every lookup, rename and clean-up costs what the one directory holds, not what
+    all districts have pending."""
+
+    def __init__(self) -> None:
+        self._by_dir: dict[Path, dict[str, tuple[int, str, float]]] = {}
+
+    def add(self, path: Path, size: int, sha256: str, at: float) -> None:
+        self._by_dir.setdefault(path.parent, {})[path.name] = (size, sha256, at)
+
+    def get(self, path: Path) -> tuple[int, str, float] | None:
+        return self._by_dir.get(path.parent, {}).get(path.name)
+
+    def pop(self, path: Path) -> tuple[int, str, float] | None:
+        return self._by_dir.get(path.parent, {}).pop(path.name, None)
+
+    def sizes_in(self, directory: Path) -> dict[Path, int]:
+        return {directory / name: v[0] for name, v in self._by_dir.get(directory, {}).items()}
+
+    def renamed(self, old: Path, new: Path) -> None:
+        entry = self.pop(old)
+        if entry is not None:  # a file
+            self._by_dir.setdefault(new.parent, {})[new.name] = entry
+        elif old in self._by_dir:  # a directory (epochs hold no subdirectories)
+            self._by_dir[new] = self._by_dir.pop(old)
+
+    def forget_dir(self, directory: Path) -> None:
+        self._by_dir.pop(directory, None)
+
+    def prune(self, before: float) -> None:
+        for directory, entries in list(self._by_dir.items()):
+            for name in [n for n, v in entries.items() if v[2] < before]:
+                del entries[name]
+            if not entries:
+                del self._by_dir[directory]
+
+
 class EpochService:
     """Implements the SFTP layer's event handler and upload policy; owns the epoch flow."""
 
@@ -63,12 +101,14 @@ class EpochService:
         self.registry = EpochRegistry()
         self.policy = EpochPolicy(self.registry, self.settings.loose_files, self.log)
         self._io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="epoch-io")
+        # Publishing comes in bursts (a session that uploaded many epochs closes); its own
+        # threads keep detection and claims of other districts from queueing behind it.
+        self._publish_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-pub")
         # Processing may be CPU-heavy (CSV validation); its own threads keep file
         # scans responsive meanwhile.
         self._process_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-proc")
         self._state_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-state")
-        # Files our SFTP server saw closed explicitly: path -> (size, sha256, when).
-        self._finished: dict[Path, tuple[int, str, float]] = {}
+        self._finished = FinishedFiles()
         # Files whose upload was cut off (session dropped): never processed as they are.
         # Mirrored in the database so that a restart does not forget them.
         self._incomplete: set[Path] = set()
@@ -137,20 +177,21 @@ class EpochService:
         await asyncio.gather(*workers, return_exceptions=True)
         self._process_pool.shutdown(wait=True)
         self._state_pool.shutdown(wait=True)
+        self._publish_pool.shutdown(wait=True)
         self._io_pool.shutdown(wait=True)
 
     def _district_dirs(self) -> list[Path]:
         root = self.config.districts_dir
         return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
-    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._io_pool, fn, *args)
+    async def _io(self, fn: Callable[..., T], *args: Any, pool: Executor | None = None) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool or self._io_pool, fn, *args)
 
     # --- signals ---------------------------------------------------------------------------
 
     def handle_sftp_event(self, event: SFTPEvent) -> None:
         if isinstance(event, UploadFinished):
-            self._finished[event.real_path] = (event.size, event.sha256, time.time())
+            self._finished.add(event.real_path, event.size, event.sha256, time.time())
             if event.real_path in self._incomplete:
                 self._incomplete.discard(event.real_path)
                 self._persist(self.ledger.clear_incomplete, [str(event.real_path)])
@@ -160,7 +201,7 @@ class EpochService:
             if epoch is not None:
                 self._sessions[(event.district, epoch)].add(event.session_id)
         elif isinstance(event, UploadAborted):
-            self._finished.pop(event.real_path, None)
+            self._finished.pop(event.real_path)
             self._incomplete.add(event.real_path)
             self._persist(
                 self.ledger.mark_incomplete, event.district, str(event.real_path), event.bytes
@@ -168,8 +209,7 @@ class EpochService:
             self.mark_dirty(event.district, self._epoch_of(event.path))
         elif isinstance(event, PathRenamed):
             old_root, new_root = event.old_real_path, event.new_real_path
-            for path in [p for p in self._finished if p.is_relative_to(old_root)]:
-                self._finished[new_root / path.relative_to(old_root)] = self._finished.pop(path)
+            self._finished.renamed(old_root, new_root)
             moved = [p for p in self._incomplete if p.is_relative_to(old_root)]
             if moved:
                 # A cut-off file keeps that status under its new name.
@@ -222,8 +262,7 @@ class EpochService:
                 self.registry.known[record.district].add(record.name)
                 self._enqueue(record.district, record.name)  # reprocess requests, retries
             forget_before = time.time() - self.settings.stale_after
-            for path in [p for p, (_, _, at) in self._finished.items() if at < forget_before]:
-                del self._finished[path]  # files that never became part of an epoch
+            self._finished.prune(forget_before)  # files that never became part of an epoch
             await asyncio.sleep(self.settings.reconcile_interval)
 
     async def _evaluator(self) -> None:
@@ -300,9 +339,8 @@ class EpochService:
             known.__contains__,
         )
         for old, new in moved.items():
-            if old in self._finished:
-                self._finished[new] = self._finished.pop(old)
-        self._finished[upload_dir / name / MARKER] = (0, epoch_files.EMPTY_SHA256, time.time())
+            self._finished.renamed(old, new)
+        self._finished.add(upload_dir / name / MARKER, 0, epoch_files.EMPTY_SHA256, time.time())
         self._promoted.add((district, name))
         self.log.info(
             "epoch.promoted",
@@ -345,7 +383,7 @@ class EpochService:
                 "marker_misnamed",
                 f"marker must be named exactly {MARKER}; the epoch waits for it",
             )
-        trusted = {path: size for path, (size, _, _) in self._finished.items()}
+        trusted = self._finished.sizes_in(epoch_dir)
         verdict = judge_epoch(
             name,
             contents,
@@ -389,10 +427,10 @@ class EpochService:
         if self.open_uploads.open_under(epoch_dir):
             self.registry.submitted[district].discard(name)
             return
-        infos = await self._io(self._file_infos, verdict.files)
         origin = "auto" if (district, name) in self._promoted else "upload"
-        inserted = await self._io(
-            self.ledger.receive, district, name, origin, infos, list(verdict.warnings)
+        known = {f.path: self._finished.get(f.path) for f in verdict.files}
+        infos, inserted = await self._io(
+            self._receive_blocking, district, name, origin, verdict, known
         )
         self.registry.known[district].add(name)
         if not inserted:
@@ -412,17 +450,27 @@ class EpochService:
         )
         self._enqueue(district, name)
 
-    def _file_infos(self, seen: tuple[Any, ...]) -> list[FileInfo]:
+    def _receive_blocking(
+        self,
+        district: str,
+        name: str,
+        origin: str,
+        verdict: Verdict,
+        known: dict[Path, tuple[int, str, float] | None],
+    ) -> tuple[list[FileInfo], bool]:
+        """Worker thread: the files' digests (from the SFTP layer when it saw them, else
+        computed), then the ledger record."""
         infos = []
-        for f in seen:
-            finished = self._finished.get(f.path)
+        for f in verdict.files:
+            finished = known.get(f.path)
             digest = (
                 finished[1]
                 if finished and finished[0] == f.size and finished[1]
                 else (epoch_files.sha256_file(f.path))
             )
             infos.append(FileInfo(f.name, f.size, digest))
-        return infos
+        inserted = self.ledger.receive(district, name, origin, infos, list(verdict.warnings))
+        return infos, inserted
 
     # --- processing --------------------------------------------------------------------------
 
@@ -467,29 +515,58 @@ class EpochService:
 
     async def _process(self, district: str, name: str) -> bool:
         """Claim and process if still waiting; True when the epoch is ready to publish."""
-        record = await self._io(self.ledger.get, district, name)
-        if record is None or record.published_at:
+        claimed = await self._io(self._claim_blocking, district, name)
+        if claimed is None:
             return False
-        if record.state in ("received", "processing"):
-            state = await self._io(self.ledger.claim, district, name)
-            if state is None:
-                return False
-            if state == "superseded":
-                self.log.warning("epoch.superseded", district=district, epoch=name)
-            else:
-                self.log.info(
-                    "epoch.claimed", district=district, epoch=name, attempt=record.attempts + 1
-                )
-                await self._run_processor(district, name)
+        state, record = claimed
+        if state == "superseded":
+            self.log.warning("epoch.superseded", district=district, epoch=name)
+        elif state == "processing":
+            self.log.info("epoch.claimed", district=district, epoch=name, attempt=record.attempts)
+            await self._run_processor(record)
         return True
 
-    async def _run_processor(self, district: str, name: str) -> None:
-        record = await self._io(self.ledger.get, district, name)
-        assert record is not None
-        source = self._upload_dir(district) / name
+    def _claim_blocking(self, district: str, name: str) -> tuple[str, EpochRecord] | None:
+        """Worker thread: (new state, record) when there is something left to do."""
+        record = self.ledger.get(district, name)
+        if record is None or record.published_at:
+            return None
+        if record.state not in ("received", "processing"):
+            return record.state, record  # finished before a restart: publish only
+        state = self.ledger.claim(district, name)
+        if state is None:
+            return None
+        record = self.ledger.get(district, name)
+        return (state, record) if record is not None else None
+
+    async def _run_processor(self, record: EpochRecord) -> None:
+        started = time.monotonic()
+        outcome, error = await asyncio.get_running_loop().run_in_executor(
+            self._process_pool, self._archive_and_apply, record
+        )
+        if error is not None:
+            self.log.error("epoch.failed", district=record.district, epoch=record.name, **error)
+            return
+        level = "info" if outcome.status == "applied" else "warning"
+        getattr(self.log, level)(
+            f"epoch.{outcome.status}",
+            district=record.district,
+            epoch=record.name,
+            processor=self.processor.name,
+            summary=outcome.summary,
+            errors=len(outcome.errors),
+            warnings=len(outcome.warnings),
+            codes=sorted({f.code for f in outcome.errors}),
+            duration=round(time.monotonic() - started, 3),
+        )
+
+    def _archive_and_apply(self, record: EpochRecord) -> tuple[Outcome, dict[str, str] | None]:
+        """Worker thread: the immutable copy, then the processor's effects and the final
+        state in one transaction. A failure is recorded as ``failed`` (nothing applied)."""
+        district, name = record.district, record.name
         archive_dir = self.config.archive_dir / district / name
         try:
-            await self._io(epoch_files.archive, source, archive_dir, record.files)
+            epoch_files.archive(self._upload_dir(district) / name, archive_dir, record.files)
         except FileNotFoundError as exc:  # e.g. reprocess of an epoch whose archive is gone
             outcome = Outcome(
                 "failed",
@@ -502,9 +579,8 @@ class EpochService:
                 ),
                 message="files missing",
             )
-            await self._io(self.ledger.fail, district, name, outcome)
-            self.log.error("epoch.failed", district=district, epoch=name, error=repr(exc))
-            return
+            self.ledger.fail(district, name, outcome)
+            return outcome, {"error": repr(exc)}
         epoch = ClaimedEpoch(
             district,
             name,
@@ -513,11 +589,11 @@ class EpochService:
             "auto" if record.origin == "auto" else "upload",
             record.warnings,
         )
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
         try:
-            outcome = await loop.run_in_executor(self._process_pool, self._apply, epoch)
-        except Exception as exc:
+            with self.database.connect() as conn:
+                outcome = self.processor.process(epoch, conn)
+                self.ledger.finish(conn, district, name, outcome)
+        except Exception as exc:  # the transaction rolled back: nothing of it was applied
             outcome = Outcome(
                 "failed",
                 errors=(
@@ -525,34 +601,9 @@ class EpochService:
                 ),
                 message="server error",
             )
-            await self._io(self.ledger.fail, district, name, outcome)
-            self.log.error(
-                "epoch.failed",
-                district=district,
-                epoch=name,
-                error=repr(exc),
-                traceback=traceback.format_exc(),
-            )
-            return
-        level = "info" if outcome.status == "applied" else "warning"
-        getattr(self.log, level)(
-            f"epoch.{outcome.status}",
-            district=district,
-            epoch=name,
-            processor=self.processor.name,
-            summary=outcome.summary,
-            errors=len(outcome.errors),
-            warnings=len(outcome.warnings),
-            codes=sorted({f.code for f in outcome.errors}),
-            duration=round(time.monotonic() - started, 3),
-        )
-
-    def _apply(self, epoch: ClaimedEpoch) -> Outcome:
-        """Worker thread: the processor's effects and the final state, one transaction."""
-        with self.database.connect() as conn:
-            outcome = self.processor.process(epoch, conn)
-            self.ledger.finish(conn, epoch.district, epoch.name, outcome)
-        return outcome
+            self.ledger.fail(district, name, outcome)
+            return outcome, {"error": repr(exc), "traceback": traceback.format_exc()}
+        return outcome, None
 
     async def _publish(self, district: str, name: str) -> None:
         try:
@@ -570,6 +621,21 @@ class EpochService:
         finally:
             self._in_flight.discard((district, name))
 
+    def _publish_blocking(self, district: str, name: str) -> tuple[EpochRecord, Path]:
+        record = self.ledger.get(district, name)
+        assert record is not None
+        district_root = self.config.districts_dir / district
+        target = epoch_files.publish(
+            district_root / UPLOAD,
+            district_root / PROCESSED,
+            name,
+            self.config.archive_dir / district / name,
+            render_json(record),
+            render_text(record),
+        )
+        self.ledger.mark_published(district, name)
+        return record, target
+
     async def _publish_when_idle(self, district: str, name: str) -> None:
         key = (district, name)
         if self._sessions.get(key):
@@ -578,24 +644,12 @@ class EpochService:
                 await asyncio.wait_for(gone.wait(), timeout=self.settings.publish_linger)
         self._sessions.pop(key, None)
         self._sessions_gone.pop(key, None)
-        record = await self._io(self.ledger.get, district, name)
-        assert record is not None
-        district_root = self.config.districts_dir / district
-        target = await self._io(
-            epoch_files.publish,
-            district_root / UPLOAD,
-            district_root / PROCESSED,
-            name,
-            self.config.archive_dir / district / name,
-            render_json(record),
-            render_text(record),
+        record, target = await self._io(
+            self._publish_blocking, district, name, pool=self._publish_pool
         )
-        await self._io(self.ledger.mark_published, district, name)
         self.registry.submitted[district].discard(name)
         # Forget what was only needed while the epoch was in /upload/.
-        epoch_dir = self._upload_dir(district) / name
-        for path in [p for p in self._finished if p.is_relative_to(epoch_dir)]:
-            del self._finished[path]
+        self._finished.forget_dir(self._upload_dir(district) / name)
         prefix = f"/upload/{name}"
         self._noticed = {
             n

@@ -9,6 +9,7 @@ here blocks.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,24 +79,31 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.path = sqlite_path(url)
+        self._local = threading.local()
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection inside one transaction: committed on success, rolled back on error."""
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
+        """A connection inside one transaction: committed on success, rolled back on error.
+
+        Each thread keeps one open connection to the file (a sqlite3 connection belongs to
+        the thread that made it): opening one per transaction cost more than the
+        transaction itself on the hot path of the epoch layer.
+        """
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            self._local.conn = conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
             conn.execute("COMMIT")
-        finally:
-            conn.close()
+        except BaseException:
+            if conn.in_transaction:  # also after a failed COMMIT: the connection is reused
+                conn.execute("ROLLBACK")
+            raise
 
     def migrate(self) -> int:
         """Create the file if needed and apply pending migrations; returns the version."""
