@@ -38,8 +38,8 @@ clock), matched per district and epoch:
 ``--wait-claimed`` makes each district wait for ``epoch.claimed`` of an epoch before it
 uploads the next one: the latency of one epoch on its own, without queueing behind the
 district's earlier epochs. Synchronisation waits on the log with a deadline; nothing
-sleeps. Targets: close -> claimed
-p50 <= 100 ms and p99 <= 1 s. See docs/performance.md for figures and interpretation.
+sleeps. Targets: close -> claimed p50 <= 100 ms and p99 <= 1 s. See docs/performance.md
+for figures and interpretation.
 """
 
 from __future__ import annotations
@@ -48,14 +48,9 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
-import shutil
-import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -65,9 +60,21 @@ from pathlib import Path
 from typing import Any
 
 import paramiko  # type: ignore[import-untyped]
+from _common import (
+    BenchError,
+    Registry,
+    add_output_options,
+    cpu_seconds,
+    git_commit,
+    ingest_env,
+    log,
+    machine_info,
+    run_main,
+    spawn_ingest,
+    summary,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-BASE_EPOCH = datetime(2026, 1, 1, 2, 0, 0, tzinfo=UTC)
+BASE_EPOCH = datetime(2025, 1, 1, 2, 0, 0, tzinfo=UTC)  # in the past: no epoch_in_future
 MARKER = "COMPLETE"
 USERS = (
     b"Email,First Name,Last Name\n"
@@ -75,18 +82,9 @@ USERS = (
     b"alan.turing@example.org,Alan,Turing\n"
     b"grace.hopper@example.org,Grace,Hopper\n"
 )
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_P50_MS = 100.0
 TARGET_P99_MS = 1000.0
 OUTCOMES = ("epoch.applied", "epoch.rejected", "epoch.held", "epoch.failed")
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 def parse_ts(text: str) -> float:
@@ -95,42 +93,6 @@ def parse_ts(text: str) -> float:
 
 
 # --- the daemon ------------------------------------------------------------------------------
-
-
-class Registry:
-    """Every subprocess this run starts; all are ended in :meth:`cleanup`."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(args, text=True, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[str], timeout: float = 15) -> None:
-        """SIGTERM (the daemon drains its few open uploads and exits), then SIGKILL."""
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-
-    def cleanup(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-        for proc in reversed(self.procs):
-            self.stop(proc)
 
 
 @dataclass
@@ -213,14 +175,6 @@ class Daemon:
         return records
 
 
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """utime+stime of a process (all its threads, live and dead) or of one thread."""
-    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
-    with open(path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 def own_cpu() -> float:
     """CPU seconds of this process: the paramiko clients (and the log reader)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -230,24 +184,9 @@ def own_cpu() -> float:
 def start_daemon(reg: Registry, work: Path) -> Daemon:
     data_dir = work / "data"
     data_dir.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
-    env.update(
-        {  # only these four differ from the defaults
-            "INGEST_STORAGE_DATA_DIR": str(data_dir),
-            "INGEST_SERVER_HOST": "127.0.0.1",
-            "INGEST_SERVER_PORT": "0",
-            "INGEST_LOGGING_FORMAT": "json",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    proc = reg.popen(
-        [sys.executable, "-m", "ingest", "serve"],
-        cwd=work,  # no config/ingest.toml there: the embedded defaults apply
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    env = ingest_env(data_dir)  # its four settings are the only ones not at their defaults
+    # no config/ingest.toml in work: the embedded defaults apply
+    proc = spawn_ingest(reg, work, env)
     daemon = Daemon(proc, data_dir, env, log_path=work / "daemon.log")
     daemon.start_pump()
     started = daemon.wait_count("server.started", 1, time.monotonic() + 60)[0]
@@ -400,29 +339,6 @@ def epoch_names(count: int) -> list[str]:
     return [(BASE_EPOCH + timedelta(seconds=i)).strftime("%Y%m%d-%H%M%S") for i in range(count)]
 
 
-# --- statistics ------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
-
-
-def summary(ms: list[float]) -> dict[str, Any]:
-    if not ms:
-        return {"n": 0}
-    return {
-        "n": len(ms),
-        "p50_ms": round(percentile(ms, 50), 2),
-        "p90_ms": round(percentile(ms, 90), 2),
-        "p99_ms": round(percentile(ms, 99), 2),
-        "max_ms": round(max(ms), 2),
-        "mean_ms": round(statistics.fmean(ms), 2),
-    }
-
-
 # (key, label) of the rows in the order they are printed
 METRICS = (
     ("close_to_claimed", "close of COMPLETE -> epoch.claimed (target)"),
@@ -502,7 +418,7 @@ def measure(
         f"{'fresh session per epoch' if fresh else 'one session per district'}: "
         f"{args.epochs} epochs over {args.districts} districts ({per_district})"
     )
-    t_start = time.monotonic()
+    t_start, wall_start = time.monotonic(), time.time()
     cpu_before = (*daemon.cpu(), own_cpu())
     for thread in threads:
         thread.start()
@@ -512,9 +428,12 @@ def measure(
         if thread.is_alive():
             abort.set()
             raise BenchError(f"{thread.name}: uploads did not finish in time")
-    for side in sides:
-        if side.error is not None:
-            raise BenchError(f"{side.district}: upload failed: {side.error!r}") from side.error
+    failed = [side for side in sides if side.error is not None]
+    # the thread that failed first; the others only saw the barrier or the abort
+    failed.sort(key=lambda side: isinstance(side.error, threading.BrokenBarrierError))
+    if failed:
+        side = failed[0]
+        raise BenchError(f"{side.district}: upload failed: {side.error!r}") from side.error
     uploaded_s = time.monotonic() - t_start
     log(f"all {args.epochs} epochs uploaded in {uploaded_s:.2f} s; waiting for the daemon")
 
@@ -526,7 +445,7 @@ def measure(
     # Publishing may linger up to epochs.publish_linger (default 30 s) while the uploading
     # session is open; the sessions are closed by now, so this is quick unless it is stuck.
     daemon.wait_count("epoch.published", total, time.monotonic() + args.timeout + 30)
-    result = analyse(daemon, sides, total, fresh, uploaded_s)
+    result = analyse(daemon, sides, total, fresh, uploaded_s, wall_start)
     result["paced"] = bool(args.wait_claimed)
     result["all_claimed_seconds"] = round(claimed_s, 3)
     result["all_published_seconds"] = round(time.monotonic() - t_start, 3)
@@ -545,6 +464,7 @@ def analyse(
     total: int,
     fresh: bool,
     uploaded_s: float,
+    wall_start: float,
 ) -> dict[str, Any]:
     def index(event: str) -> dict[tuple[str, str], dict[str, Any]]:
         """First record of ``event`` per (district, epoch)."""
@@ -604,6 +524,9 @@ def analyse(
                 {
                     "district": side.district,
                     "epoch": name,
+                    # when COMPLETE was closed and its session ended, since the uploads began
+                    "close_at_ms": (t_close - wall_start) * 1000,
+                    "session_closed_at_ms": (t_gone - wall_start) * 1000,
                     "close_to_claimed": (t_claimed - t_close) * 1000,
                     "ready_since_marker": ready[key].get("since_marker_ms"),
                     "close_to_published": (t_published - t_close) * 1000,
@@ -650,49 +573,9 @@ def analyse(
 # --- setup, run, report ----------------------------------------------------------------------
 
 
-def git_commit() -> str:
-    """The checkout being measured (with '+dirty' for uncommitted changes under ingest/)."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "ingest"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def machine_info() -> dict[str, Any]:
-    import asyncssh
-
-    cpu_model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "asyncssh": asyncssh.__version__,
-        "paramiko": paramiko.__version__,
-        "ingest_commit": git_commit(),
-        "loadavg_1min_at_start": round(os.getloadavg()[0], 2),
-    }
-
-
 def run(args: argparse.Namespace, reg: Registry, work: Path) -> dict[str, Any]:
-    info = machine_info()
+    info = machine_info(paramiko=paramiko.__version__)
+    info["loadavg_1min_at_start"] = round(os.getloadavg()[0], 2)
     log(
         f"{info['nproc']} CPUs ({info['cpu_model']}), Python {info['python']}, "
         f"asyncssh {info['asyncssh']}, paramiko {info['paramiko']}, ingest {info['ingest_commit']}"
@@ -717,6 +600,10 @@ def run(args: argparse.Namespace, reg: Registry, work: Path) -> dict[str, Any]:
             f"{variant}: close -> claimed p50 {m['p50_ms']} ms, p99 {m['p99_ms']} ms, "
             f"max {m['max_ms']} ms"
         )
+    at_end = git_commit()
+    if at_end != info["ingest_commit"]:
+        info["ingest_commit"] += f" (changed to {at_end} during the run)"
+        log(f"the checkout changed during the run: {info['ingest_commit']}")
     return results
 
 
@@ -813,24 +700,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=60.0,
         help="deadline in seconds for each wait on the daemon (default 60)",
     )
-    parser.add_argument(
-        "--tmp",
-        type=Path,
-        default=None,
-        help="parent directory for the temporary files (default: $TMPDIR)",
-    )
-    parser.add_argument(
-        "--keep-tmp",
-        action="store_true",
-        help="leave the temporary directory (data, logs) for inspection",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print the results (with every epoch's sample) as JSON on stdout",
-    )
-    parser.add_argument(
-        "--save", type=Path, default=None, metavar="FILE", help="also write the JSON to FILE"
+    add_output_options(
+        parser,
+        keep_tmp_help="leave the temporary directory (data, logs) for inspection",
+        json_help="print the results (with every epoch's sample) as JSON on stdout",
+        save_help="also write the JSON to FILE",
     )
     args = parser.parse_args(argv)
     if args.districts < 1 or args.epochs < args.districts:
@@ -842,39 +716,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-
-    def terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-    reg = Registry()
-    work = Path(tempfile.mkdtemp(prefix="ingest-latency-", dir=args.tmp))
-    started = time.monotonic()
-    try:
-        results = run(args, reg, work)
-        results["elapsed_s"] = round(time.monotonic() - started, 1)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; daemon stopped and temporary files removed", file=sys.stderr)
-        return 130
-    finally:
-        reg.cleanup()
-        if args.keep_tmp:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    if args.save is not None:
-        args.save.write_text(json.dumps(results, indent=2) + "\n")
-    if args.json:
-        json.dump(results, sys.stdout, indent=2)
-        print()
-    else:
-        sys.stdout.write(render(results))
-        print(f"\n(finished in {results['elapsed_s']} s)")
-    return 0
+    return run_main(args, run, render, tmp_prefix="ingest-latency-", stopped="daemon")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import queue
 import re
 import resource
@@ -52,7 +51,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,19 +58,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import (
+    BenchError,
+    Registry,
+    add_output_options,
+    cpu_seconds,
+    ingest_env,
+    log,
+    machine_info,
+    run_main,
+    spawn_ingest,
+    summary,
+)
+
 MB = 1_000_000  # MB/s below are decimal megabytes per second
 MiB = 1024 * 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MARKER = "Remote working directory:"
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 # --- the baseline server (runs in its own process) ------------------------------------------
@@ -108,43 +109,6 @@ def baseline_server(root: str, authorized_keys: str, host_key_pub: str) -> None:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-class Registry:
-    """Every subprocess this run starts; all are ended in :meth:`cleanup`."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def popen(self, args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(args, text=True, **kwargs)
-        self.procs.append(proc)
-        return proc
-
-    def cleanup(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-        for proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-
-
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """utime+stime of a process (all its threads, live and dead) or of one thread."""
-    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
-    with open(path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def children_cpu() -> float:
@@ -243,25 +207,8 @@ def start_ingest(reg: Registry, work: Path, client_pub: str, users: list[str]) -
 
     data_dir = work / "ingest-data"
     data_dir.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
-    env.update(
-        {
-            "INGEST_STORAGE_DATA_DIR": str(data_dir),
-            "INGEST_SERVER_HOST": "127.0.0.1",
-            "INGEST_SERVER_PORT": "0",
-            "INGEST_LOGGING_FORMAT": "json",
-            "INGEST_SERVER_SHUTDOWN_GRACE": "5",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    proc = reg.popen(
-        [sys.executable, "-m", "ingest", "serve"],
-        cwd=work,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    env = ingest_env(data_dir, INGEST_SERVER_SHUTDOWN_GRACE="5")
+    proc = spawn_ingest(reg, work, env)
     server = Server("ingest", proc)
     server.start_pump()
     server.port = int(server.event("server.started", timeout=60)["port"])
@@ -470,24 +417,9 @@ def negotiated(reg: Registry, server: Server, user: str, client: ClientSettings)
 # --- statistics ------------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
-
-
 def latency_summary(samples: list[float]) -> dict[str, Any]:
-    if not samples:
-        return {"n": 0}
-    ms = [s * 1000 for s in samples]
-    return {
-        "n": len(ms),
-        "p50_ms": round(percentile(ms, 50), 2),
-        "p99_ms": round(percentile(ms, 99), 2),
-        "max_ms": round(max(ms), 2),
-        "mean_ms": round(statistics.fmean(ms), 2),
-    }
+    """Per-file latencies in seconds, summarised in ms: n, p50, p99, max and mean."""
+    return summary([s * 1000 for s in samples], percentiles=(50, 99))
 
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -654,47 +586,6 @@ class Bench:
 # --- setup, run, report ----------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    import asyncssh
-
-    cpu_model = "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "asyncssh": asyncssh.__version__,
-        "openssh": ssh_version,
-        "ingest_commit": git_commit(),
-    }
-
-
-def git_commit() -> str:
-    """The checkout being measured (with '+dirty' for uncommitted changes under ingest/)."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "ingest"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
 def make_files(
     work: Path, big_mib: int, small_count: int, small_kib: int
 ) -> tuple[Path, str, list[Path]]:
@@ -719,7 +610,8 @@ def make_files(
 
 
 def run(args: argparse.Namespace, reg: Registry, work: Path) -> dict[str, Any]:
-    info = machine_info()
+    ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    info = machine_info(openssh=ssh_version)
     log(
         f"{info['nproc']} CPUs ({info['cpu_model']}), Python {info['python']}, "
         f"asyncssh {info['asyncssh']}, {info['openssh']}"
@@ -962,28 +854,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_false",
         help="measure phase 3 on the ingest daemon only",
     )
-    parser.add_argument(
-        "--tmp",
-        type=Path,
-        default=None,
-        help="parent directory for the temporary files (default: $TMPDIR)",
-    )
-    parser.add_argument(
-        "--keep-tmp",
-        action="store_true",
-        help="leave the temporary directory (logs, data) for inspection",
-    )
-    parser.add_argument(
-        "--json",
-        action="store_true",
-        help="print the results as JSON on stdout instead of the table",
-    )
-    parser.add_argument(
-        "--save",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="also write the results as JSON to FILE",
+    add_output_options(
+        parser,
+        keep_tmp_help="leave the temporary directory (logs, data) for inspection",
+        json_help="print the results as JSON on stdout instead of the table",
+        save_help="also write the results as JSON to FILE",
     )
     args = parser.parse_args(argv)
     if (
@@ -1008,38 +883,9 @@ def main(argv: list[str]) -> int:
             print(f"{tool} is not installed (apt-get install openssh-client)", file=sys.stderr)
             return 2
 
-    def terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-    reg = Registry()
-    work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.tmp))
-    started = time.monotonic()
-    try:
-        results = run(args, reg, work)
-        results["elapsed_s"] = round(time.monotonic() - started, 1)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped and temporary files removed", file=sys.stderr)
-        return 130
-    finally:
-        reg.cleanup()
-        if args.keep_tmp:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    if args.save is not None:
-        args.save.write_text(json.dumps(results, indent=2) + "\n")
-    if args.json:
-        json.dump(results, sys.stdout, indent=2)
-        print()
-    else:
-        sys.stdout.write(render(results))
-        print(f"\n(finished in {results['elapsed_s']} s)")
-    return 0
+    return run_main(
+        args, run, render, tmp_prefix="ingest-bench-", stopped="servers", stop_timeout=10
+    )
 
 
 if __name__ == "__main__":

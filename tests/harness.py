@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ingest.config import load_config
 from ingest.store import Database, DistrictStore
 
 DEFAULT_TIMEOUT = 15.0
@@ -129,8 +128,8 @@ class Daemon:
     # --- districts --------------------------------------------------------------------------
 
     def store(self) -> DistrictStore:
-        config = load_config(environ=self.env)
-        return DistrictStore(Database(config.database_url), config.districts_dir)
+        database = Database(f"sqlite:///{self.data_dir / 'state' / 'ingest.db'}")
+        return DistrictStore(database, self.data_dir / "districts")
 
     def add_district(self, name: str | None = None, *, key: bool = True) -> Credentials:
         """A district with a password and (by default) an ed25519 key, via the Python API."""

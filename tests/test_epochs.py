@@ -466,3 +466,32 @@ def test_watchdog_observer_finds_files_from_other_writers(tmp_path: Path, observ
             fh.write(b"hello")
         daemon.wait_for("epoch.notice", district=creds.name, code="epoch_missing")
         assert (daemon.root(creds.name) / "upload" / "notes.txt").exists()
+
+
+def test_relative_data_dir_still_sees_open_files(tmp_path: Path) -> None:
+    """The default data_dir is relative (./var): the epoch layer must compare its paths
+    with the SFTP layer's resolved ones, or an open file would go unnoticed."""
+    with run_daemon(tmp_path, **FAST, storage_data_dir="data") as daemon:
+        creds = daemon.add_district()
+        epoch = "20260321-020000"
+        with paramiko_client(daemon, creds) as a, paramiko_client(daemon, creds) as b:
+            sa, sb = a.open_sftp(), b.open_sftp()
+            sa.mkdir(f"/upload/{epoch}")
+            fh = sa.open(f"/upload/{epoch}/users.csv", "wb")
+            fh.write(USERS[:10])
+            fh.flush()
+            with sb.open(f"/upload/{epoch}/COMPLETE", "wb"):
+                pass
+            daemon.wait_for(
+                "upload.finished", district=creds.name, path=f"/upload/{epoch}/COMPLETE"
+            )
+            fh.write(USERS[10:])
+            fh.close()
+        finished = daemon.wait_for(
+            "upload.finished", district=creds.name, path=f"/upload/{epoch}/users.csv"
+        )
+        ready = daemon.wait_for("epoch.ready", district=creds.name, epoch=epoch)
+        assert index_of(daemon, ready) > index_of(daemon, finished)
+        assert "since_marker_ms" in ready  # SFTP-trusted files: no quiet period
+        daemon.wait_for("epoch.published", district=creds.name, epoch=epoch)
+        assert report(daemon, creds.name, epoch)["files"][0]["size"] == len(USERS)

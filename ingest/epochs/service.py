@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import traceback
 from collections import defaultdict
@@ -93,6 +94,11 @@ class EpochService:
     ) -> None:
         self.config = config
         self.settings = config.epochs
+        # Absolute and free of links, like the SFTP layer's paths (Chroot resolves its
+        # root the same way): paths from both sides must compare equal.
+        self.districts_dir = Path(os.path.realpath(config.districts_dir))
+        self.archive_dir = Path(os.path.realpath(config.archive_dir))
+        self.staging_dir = Path(os.path.realpath(config.staging_dir))
         self.ledger = Ledger(database)
         self.database = database
         self.processor = processor
@@ -122,6 +128,7 @@ class EpochService:
         self._detected: set[tuple[str, str]] = set()
         self._stale: set[tuple[str, str]] = set()
         self._promoted: set[tuple[str, str]] = set()  # epochs made from _auto.csv
+        self._with_marker: set[tuple[str, str]] = set()  # epochs whose COMPLETE was seen
         self._tasks: list[asyncio.Task[None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
         self._in_flight: set[tuple[str, str]] = set()  # queued, processing or publishing
@@ -139,7 +146,7 @@ class EpochService:
             staged = await self._io(
                 epoch_files.finish_staged,
                 district_dir / UPLOAD,
-                self.config.staging_dir / district,
+                self.staging_dir / district,
                 self.registry.known[district].__contains__,
             )
             for name in staged:
@@ -153,9 +160,9 @@ class EpochService:
         loop = asyncio.get_running_loop()
         self._observer = await self._io(
             start_observer,
-            self.config.districts_dir,
+            self.districts_dir,
             loop,
-            self.mark_dirty,
+            self._fs_event,
             self.settings.observer == "polling",
             self.settings.polling_interval,
         )
@@ -181,7 +188,7 @@ class EpochService:
         self._io_pool.shutdown(wait=True)
 
     def _district_dirs(self) -> list[Path]:
-        root = self.config.districts_dir
+        root = self.districts_dir
         return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
     async def _io(self, fn: Callable[..., T], *args: Any, pool: Executor | None = None) -> T:
@@ -195,7 +202,7 @@ class EpochService:
             if event.real_path in self._incomplete:
                 self._incomplete.discard(event.real_path)
                 self._persist(self.ledger.clear_incomplete, [str(event.real_path)])
-            self.mark_dirty(event.district, self._epoch_of(event.path))
+            self._touched(event.district, event.path)
         elif isinstance(event, UploadStarted):
             epoch = self._epoch_of(event.path)
             if epoch is not None:
@@ -206,7 +213,7 @@ class EpochService:
             self._persist(
                 self.ledger.mark_incomplete, event.district, str(event.real_path), event.bytes
             )
-            self.mark_dirty(event.district, self._epoch_of(event.path))
+            self._touched(event.district, event.path)
         elif isinstance(event, PathRenamed):
             old_root, new_root = event.old_real_path, event.new_real_path
             self._finished.renamed(old_root, new_root)
@@ -219,8 +226,8 @@ class EpochService:
                     new = new_root / path.relative_to(old_root)
                     self._incomplete.add(new)
                     self._persist(self.ledger.mark_incomplete, event.district, str(new), 0)
-            self.mark_dirty(event.district, self._epoch_of(event.old_path))
-            self.mark_dirty(event.district, self._epoch_of(event.new_path))
+            self._touched(event.district, event.old_path)
+            self._touched(event.district, event.new_path)
         elif isinstance(event, SessionClosed):
             for key, sessions in list(self._sessions.items()):
                 sessions.discard(event.session_id)
@@ -244,6 +251,36 @@ class EpochService:
     def _epoch_of(path: str) -> str | None:
         parts = path.strip("/").split("/")
         return parts[1] if len(parts) >= 3 and parts[0] == UPLOAD else None
+
+    def _touched(self, district: str, path: str) -> None:
+        """Something changed at ``path`` (as the district sees it): look again if it can
+        make a difference. Inside an epoch that only happens once it has its marker, so
+        the files of an epoch being uploaded cost no look each."""
+        parts = path.strip("/").split("/")
+        if len(parts) < 2 or parts[0] != UPLOAD:
+            return
+        if len(parts) == 2:
+            self.mark_dirty(district, None)
+            return
+        epoch = parts[1]
+        if parts[-1] == MARKER:
+            self._with_marker.add((district, epoch))
+        if (district, epoch) in self._with_marker:
+            self.mark_dirty(district, epoch)
+
+    def _fs_event(self, path: Path, is_directory: bool) -> None:
+        """From the observer: files our SFTP server is writing or has closed are already
+        covered by its events; everything else (other writers) is looked at."""
+        if not is_directory and (
+            self.open_uploads.is_open(path) or self._finished.get(path) is not None
+        ):
+            return
+        parts = path.relative_to(self.districts_dir).parts
+        district, rest = parts[0], parts[2:]
+        if is_directory and len(rest) == 1:
+            self.mark_dirty(district, rest[0])  # an epoch directory appeared or moved
+        else:
+            self._touched(district, "/" + "/".join(parts[1:]))
 
     def mark_dirty(self, district: str, epoch: str | None) -> None:
         self._dirty[district].add(epoch)
@@ -285,7 +322,7 @@ class EpochService:
                     )
 
     def _upload_dir(self, district: str) -> Path:
-        return self.config.districts_dir / district / UPLOAD
+        return self.districts_dir / district / UPLOAD
 
     async def _look_at_upload(self, district: str) -> set[str | None]:
         """The top of /upload/: promote settled _auto.csv files, notice gotchas."""
@@ -334,7 +371,7 @@ class EpochService:
         name, moved = await self._io(
             epoch_files.promote,
             upload_dir,
-            self.config.staging_dir / district,
+            self.staging_dir / district,
             [f.path for f in autos],
             known.__contains__,
         )
@@ -365,6 +402,10 @@ class EpochService:
             return
         epoch_dir = self._upload_dir(district) / name
         contents = await self._io(read_epoch, epoch_dir)
+        if contents.marker is None:
+            self._with_marker.discard((district, name))
+        else:
+            self._with_marker.add((district, name))
         if not contents.files and contents.marker is None and not contents.temp_files:
             return
         if (district, name) not in self._detected:
@@ -564,7 +605,7 @@ class EpochService:
         """Worker thread: the immutable copy, then the processor's effects and the final
         state in one transaction. A failure is recorded as ``failed`` (nothing applied)."""
         district, name = record.district, record.name
-        archive_dir = self.config.archive_dir / district / name
+        archive_dir = self.archive_dir / district / name
         try:
             epoch_files.archive(self._upload_dir(district) / name, archive_dir, record.files)
         except FileNotFoundError as exc:  # e.g. reprocess of an epoch whose archive is gone
@@ -624,12 +665,12 @@ class EpochService:
     def _publish_blocking(self, district: str, name: str) -> tuple[EpochRecord, Path]:
         record = self.ledger.get(district, name)
         assert record is not None
-        district_root = self.config.districts_dir / district
+        district_root = self.districts_dir / district
         target = epoch_files.publish(
             district_root / UPLOAD,
             district_root / PROCESSED,
             name,
-            self.config.archive_dir / district / name,
+            self.archive_dir / district / name,
             render_json(record),
             render_text(record),
         )
@@ -656,7 +697,7 @@ class EpochService:
             for n in self._noticed
             if not (n[0] == district and (n[1] == prefix or n[1].startswith(prefix + "/")))
         }
-        for seen in (self._detected, self._stale, self._promoted):
+        for seen in (self._detected, self._stale, self._promoted, self._with_marker):
             seen.discard((district, name))
         self.log.info(
             "epoch.published",

@@ -12,13 +12,37 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-# (district, epoch name or None for the top of /upload/)
-Notify = Callable[[str, str | None], None]
+# (path, is_directory) for any event below <root>/<district>/upload/
+Notify = Callable[[Path, bool], None]
+
+# Not modifications: every write of every upload would be an event (a 256 MiB upload is
+# a thousand), and none is needed. A file that appears is looked at, and a file that is
+# not settled yet schedules its own re-look (scan.judge_epoch's recheck_at); closes and
+# renames say when a writer is done. inotify filters in the kernel.
+EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
 
 
 class _Bridge(FileSystemEventHandler):
@@ -36,13 +60,10 @@ class _Bridge(FileSystemEventHandler):
                 parts = Path(path).relative_to(self.root).parts
             except ValueError:
                 continue
-            if len(parts) < 2 or parts[1] != "upload":
+            if len(parts) < 3 or parts[1] != "upload":
                 continue
-            epoch = parts[2] if len(parts) >= 4 else None
-            if len(parts) == 3 and event.is_directory:
-                epoch = parts[2]
             try:
-                self.loop.call_soon_threadsafe(self.notify, parts[0], epoch)
+                self.loop.call_soon_threadsafe(self.notify, Path(path), event.is_directory)
             except RuntimeError:
                 return  # loop closed during shutdown
 
@@ -51,7 +72,7 @@ def start_observer(
     root: Path, loop: asyncio.AbstractEventLoop, notify: Notify, polling: bool, interval: float
 ) -> BaseObserver:
     observer: BaseObserver = PollingObserver(timeout=interval) if polling else Observer()
-    observer.schedule(_Bridge(root, loop, notify), str(root), recursive=True)
+    observer.schedule(_Bridge(root, loop, notify), str(root), recursive=True, event_filter=EVENTS)
     observer.daemon = True
     observer.start()
     return observer
