@@ -97,6 +97,15 @@ class Daemon:
         with self._cond:
             self._cond.notify_all()
 
+    def wait_until(
+        self, predicate: Callable[[], Any], what: str, timeout: float = DEFAULT_TIMEOUT
+    ) -> Any:
+        """:func:`wait_until`, with the daemon's last log lines in the failure."""
+        try:
+            return wait_until(predicate, timeout, what)
+        except Timeout as exc:
+            raise Timeout(f"{exc}; last lines:\n{''.join(self.raw[-25:])}") from None
+
     def events(self, event: str, **match: Any) -> list[dict[str, Any]]:
         with self._cond:
             return [

@@ -153,3 +153,17 @@ def test_policy() -> None:
     assert reason("mkdir", "/upload/20260103-000000/sub") == "epoch_subdirectory"
     assert reason("open", "/other/x") is None  # outside /upload/: the chroot decides
     assert reason("mkdir", "/upload/29991231-000000") == "epoch_in_future"
+
+
+def test_archive_survives_a_crash_between_link_and_rename(tmp_path: Path) -> None:
+    from ingest.epochs.files import archive
+    from ingest.epochs.handoff import FileInfo
+
+    source, target = tmp_path / "epoch", tmp_path / "archive"
+    source.mkdir()
+    target.mkdir()
+    (source / "users.csv").write_bytes(b"x")
+    (target / ".users.csv.tmp").write_bytes(b"")  # what a kill -9 can leave behind
+    archive(source, target, [FileInfo("users.csv", 1, "")])
+    assert (target / "users.csv").read_bytes() == b"x"
+    assert not (target / ".users.csv.tmp").exists()

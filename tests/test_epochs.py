@@ -21,7 +21,7 @@ import paramiko
 import pytest
 
 from tests.clients import curl, paramiko_client, sftp_batch, sftp_url
-from tests.harness import Credentials, Daemon, run_daemon, wait_until
+from tests.harness import Credentials, Daemon, run_daemon
 
 USERS = b"Email,First Name,Last Name\nann@example.org,Ann,Lee\n"
 FAST = {
@@ -68,6 +68,27 @@ def put_epoch(
             fh.write(data)
     with sftp.open(f"/upload/{epoch}/COMPLETE", "wb") as fh:
         fh.write(marker)
+
+
+def complete_while_open(
+    daemon: Daemon, creds: Credentials, epoch: str, name: str, data: bytes, split: int
+) -> paramiko.SFTPClient:
+    """Session A holds ``name`` open mid-upload while session B uploads COMPLETE (a
+    parallel client's background queue); then A writes the rest and closes. Returns A's
+    SFTP client, still connected, for what the client does next."""
+    a, b = paramiko_client(daemon, creds), paramiko_client(daemon, creds)
+    sa, sb = a.open_sftp(), b.open_sftp()
+    sa.mkdir(f"/upload/{epoch}")
+    fh = sa.open(f"/upload/{epoch}/{name}", "wb")
+    fh.write(data[:split])
+    fh.flush()
+    with sb.open(f"/upload/{epoch}/COMPLETE", "wb"):
+        pass
+    b.close()
+    daemon.wait_for("upload.finished", district=creds.name, path=f"/upload/{epoch}/COMPLETE")
+    fh.write(data[split:])
+    fh.close()
+    return sa
 
 
 def test_happy_path_with_openssh_sftp(
@@ -138,19 +159,10 @@ def test_winscp_filepart_while_complete_arrives_in_parallel(
 ) -> None:
     data = os.urandom(300_000)
     epoch = "20260302-020000"
-    with paramiko_client(daemon, district) as a, paramiko_client(daemon, district) as b:
-        sa, sb = a.open_sftp(), b.open_sftp()
-        sa.mkdir(f"/upload/{epoch}")
-        part = sa.open(f"/upload/{epoch}/users.csv.filepart", "wb")
-        part.write(data[:100_000])
-        part.flush()
-        with sb.open(f"/upload/{epoch}/COMPLETE", "wb"):
-            pass  # a background queue finished the marker first
-        daemon.wait_for("upload.finished", district=district.name, path=f"/upload/{epoch}/COMPLETE")
-        part.write(data[100_000:])
-        part.close()
-        sa.utime(f"/upload/{epoch}/users.csv.filepart", (1_700_000_000, 1_700_000_000))
-        sa.posix_rename(f"/upload/{epoch}/users.csv.filepart", f"/upload/{epoch}/users.csv")
+    sa = complete_while_open(daemon, district, epoch, "users.csv.filepart", data, 100_000)
+    sa.utime(f"/upload/{epoch}/users.csv.filepart", (1_700_000_000, 1_700_000_000))
+    sa.posix_rename(f"/upload/{epoch}/users.csv.filepart", f"/upload/{epoch}/users.csv")
+    sa.get_channel().get_transport().close()  # type: ignore[union-attr]
     ready = daemon.wait_for("epoch.ready", district=district.name, epoch=epoch)
     renamed = daemon.wait_for("sftp.renamed", district=district.name)
     assert index_of(daemon, ready) > index_of(daemon, renamed)
@@ -166,17 +178,8 @@ def test_complete_while_another_session_still_uploads(
 ) -> None:
     data = os.urandom(200_000)
     epoch = "20260303-020000"
-    with paramiko_client(daemon, district) as a, paramiko_client(daemon, district) as b:
-        sa, sb = a.open_sftp(), b.open_sftp()
-        sa.mkdir(f"/upload/{epoch}")
-        fh = sa.open(f"/upload/{epoch}/users.csv", "wb")
-        fh.write(data[:50_000])
-        fh.flush()
-        with sb.open(f"/upload/{epoch}/COMPLETE", "wb"):
-            pass
-        daemon.wait_for("upload.finished", district=district.name, path=f"/upload/{epoch}/COMPLETE")
-        fh.write(data[50_000:])
-        fh.close()
+    sa = complete_while_open(daemon, district, epoch, "users.csv", data, 50_000)
+    sa.get_channel().get_transport().close()  # type: ignore[union-attr]
     finished = daemon.wait_for(
         "upload.finished", district=district.name, path=f"/upload/{epoch}/users.csv"
     )
@@ -378,7 +381,7 @@ def test_kill_9_mid_stream_then_restart_applies_each_epoch_exactly_once(tmp_path
         daemon.wait_exit()
     with run_daemon(tmp_path, **FAST) as daemon:
         # some were published before the kill: wait on the ledger, not on this run's log
-        wait_until(
+        daemon.wait_until(
             lambda: all(
                 (ledger_row(daemon, creds.name, e) or {}).get("published_at") for e in epochs
             ),
@@ -474,19 +477,8 @@ def test_relative_data_dir_still_sees_open_files(tmp_path: Path) -> None:
     with run_daemon(tmp_path, **FAST, storage_data_dir="data") as daemon:
         creds = daemon.add_district()
         epoch = "20260321-020000"
-        with paramiko_client(daemon, creds) as a, paramiko_client(daemon, creds) as b:
-            sa, sb = a.open_sftp(), b.open_sftp()
-            sa.mkdir(f"/upload/{epoch}")
-            fh = sa.open(f"/upload/{epoch}/users.csv", "wb")
-            fh.write(USERS[:10])
-            fh.flush()
-            with sb.open(f"/upload/{epoch}/COMPLETE", "wb"):
-                pass
-            daemon.wait_for(
-                "upload.finished", district=creds.name, path=f"/upload/{epoch}/COMPLETE"
-            )
-            fh.write(USERS[10:])
-            fh.close()
+        sa = complete_while_open(daemon, creds, epoch, "users.csv", USERS, 10)
+        sa.get_channel().get_transport().close()  # type: ignore[union-attr]
         finished = daemon.wait_for(
             "upload.finished", district=creds.name, path=f"/upload/{epoch}/users.csv"
         )

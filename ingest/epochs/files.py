@@ -100,6 +100,7 @@ def archive(source_dir: Path, archive_dir: Path, files: Iterable[FileInfo]) -> P
         if target.exists():
             continue  # a restart redoing the claim
         tmp = archive_dir / f".{info.name}.tmp"
+        tmp.unlink(missing_ok=True)  # left by a crash between link and rename
         try:
             os.link(source_dir / info.name, tmp)
         except OSError:
