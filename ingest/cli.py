@@ -21,6 +21,7 @@ from ingest.epochs.inventory import processed_report, waiting_epochs
 from ingest.epochs.ledger import STATES, Ledger
 from ingest.epochs.reports import render_text
 from ingest.logging import configure_logging, get_logger
+from ingest.provisioning.validate import validate_path
 from ingest.server import Server
 from ingest.sftp import load_or_create_host_keys
 from ingest.store import Database, DistrictError, DistrictStore
@@ -119,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     listing = dc.add_parser("list", help="list districts")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=_district_list)
+    validate = commands.add_parser(
+        "validate", help="check a users.csv or an epoch directory offline (no state changed)"
+    )
+    validate.add_argument("path", type=Path, help="users.csv or an epoch directory")
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
+    validate.set_defaults(handler=_validate)
+
     epochs = commands.add_parser("epochs", help="inspect and reprocess epochs")
     ec = epochs.add_subparsers(dest="epochs_command", required=True, metavar="ACTION")
     elist = ec.add_parser("list", help="epochs in the ledger and epochs still waiting")
@@ -252,6 +260,15 @@ def _district_toggle(args: argparse.Namespace, config: Config) -> int:
     _store(config).set_enabled(args.name, args.enabled)
     print(f"{'enabled' if args.enabled else 'disabled'} {args.name}")
     return 0
+
+
+def _validate(args: argparse.Namespace, config: Config) -> int:
+    try:
+        result = validate_path(args.path)
+    except OSError as exc:
+        raise CommandError(str(exc)) from None
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.render(), end="")
+    return 1 if result.errors else 0
 
 
 def _ledger(config: Config) -> Ledger:

@@ -70,7 +70,7 @@ def render_text(record: EpochRecord) -> str:
     for title, findings in (("Errors", data["errors"]), ("Warnings", data["warnings"])):
         if findings:
             lines += ["", f"{title} ({len(findings)}):"]
-            lines += _grouped([Finding.from_json(f) for f in findings])
+            lines += group_findings([Finding.from_json(f) for f in findings])
     lines += [
         "",
         "Every code is explained in the district guide (docs/districts.md in the "
@@ -79,7 +79,7 @@ def render_text(record: EpochRecord) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _grouped(findings: list[Finding]) -> list[str]:
+def group_findings(findings: list[Finding]) -> list[str]:
     """Group by code, biggest group first, at most MAX_LISTED_PER_CODE each."""
     groups: dict[str, list[Finding]] = defaultdict(list)
     for finding in findings:

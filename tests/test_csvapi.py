@@ -1,0 +1,169 @@
+"""The CSV API's validation: each code with a real bad file (bytes as districts make them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ingest.provisioning.csvapi import Limits, UserRow, validate_users_csv
+
+HEADER = "Email,First Name,Last Name,Middle Name,Staff Id,Title,Role,Buildings,Deleted\r\n"
+GOOD = (
+    "ann@example.org,Ann,Lee,,A1,Teacher,Special Education Teacher;Literacy Teacher,"
+    '"North Elementary,South Elementary;South Elementary",\r\n'
+)
+MANY_GOOD = "".join(f"u{i}@example.org,U,{i},,,,,,\r\n" for i in range(100))
+
+
+def codes(tmp_path: Path, content: bytes, **limits: object) -> tuple[list[str], list[str]]:
+    path = tmp_path / "users.csv"
+    path.write_bytes(content)
+    report = validate_users_csv(path, Limits(**limits))  # type: ignore[arg-type]
+    return sorted({f.code for f in report.errors}), sorted({w.code for w in report.warnings})
+
+
+def test_a_good_file_streams_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "users.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbf" + (HEADER + GOOD + "Bob@Example.org,Bob,Ray,,,,,,yes\n").encode()
+    )
+    rows: list[UserRow] = []
+    report = validate_users_csv(path, on_row=rows.append)
+    assert not report.errors and report.rows == report.valid_rows == 2
+    assert rows[0].assignments == (
+        ("Special Education Teacher", ("North Elementary", "South Elementary")),
+        ("Literacy Teacher", ("South Elementary",)),
+    )
+    assert rows[1].email == "bob@example.org" and rows[1].deleted
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "file_empty"),
+        ("Email,First Name,Last Name\r\nann@x.org,Ann,Lee\r\n".encode("utf-16"), "encoding_utf16"),
+        (
+            "Email,First Name,Last Name\r\nren\xe9@x.org,Ren\xe9,Lee\r\n".encode("cp1252"),
+            "encoding_invalid",
+        ),
+        (b"Email,First Name,Last Name\r\nann@x.org,Ann\x00,Lee\r\n", "nul_bytes"),
+        (b"Email\tFirst Name\tLast Name\r\nann@x.org\tAnn\tLee\r\n", "delimiter_invalid"),
+        (b"Email;First Name;Last Name\r\nann@x.org;Ann;Lee\r\n", "delimiter_invalid"),
+        (b"Email,First Name,Last Name\r\n", "no_data_rows"),
+        (b"Email,First Name\r\nann@x.org,Ann\r\n", "column_missing"),
+        (b"Email,first name,Last Name\r\nann@x.org,Ann,Lee\r\n", "column_misnamed"),
+        (b"E-mail,First Name,Last Name\r\nann@x.org,Ann,Lee\r\n", "column_misnamed"),
+        (b"Email ,First Name,Last Name\r\nann@x.org,Ann,Lee\r\n", "column_misnamed"),
+        ("Email,First\u00a0Name,Last Name\r\nann@x.org,Ann,Lee\r\n".encode(), "column_misnamed"),
+        (b"Email,First Name,Last Name,Email\r\nann@x.org,Ann,Lee,a@x.org\r\n", "column_duplicate"),
+    ],
+)
+def test_file_level_codes(tmp_path: Path, content: bytes, expected: str) -> None:
+    errors, _ = codes(tmp_path, content)
+    assert expected in errors
+
+
+def test_file_too_large(tmp_path: Path) -> None:
+    errors, _ = codes(tmp_path, (HEADER + GOOD).encode(), max_file_bytes=10)
+    assert errors == ["file_too_large"]
+
+
+def test_unknown_column_is_a_warning(tmp_path: Path) -> None:
+    errors, warnings = codes(
+        tmp_path,
+        (HEADER.replace("\r\n", ",Shoe Size\r\n") + GOOD.replace("\r\n", ",42\r\n")).encode(),
+    )
+    assert errors == [] and warnings == ["column_unknown"]
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ("ann@example.org,Ann,,,,,,,", "value_required"),
+        ("not-an-email,Ann,Lee,,,,,,", "value_invalid"),
+        ("ann@example.org,Ann,Lee,,,,,,maybe", "value_invalid"),
+        ("ann@example.org,Ann,Lee,,A-1,,,,", "value_invalid"),
+        ("ann@example.org," + "A" * 101 + ",Lee,,,,,,", "value_too_long"),
+        ("ann@example.org,Ann,Lee,,,,Teacher;Coach,North,", "roles_buildings_mismatch"),
+        ("ann@example.org,Ann,Lee,,,,,", "row_length"),
+        ('ann@example.org,"An"n,Lee,,,,,,', "quote_unbalanced"),
+    ],
+)
+def test_row_level_codes_skip_the_row(tmp_path: Path, row: str, expected: str) -> None:
+    content = (HEADER + row + "\r\n" + MANY_GOOD).encode()
+    path = tmp_path / "users.csv"
+    path.write_bytes(content)
+    report = validate_users_csv(path)
+    assert expected in {f.code for f in report.row_errors}
+    assert not report.file_errors  # one bad row in 101: the rest still applies
+    assert report.valid_rows == 100 and report.bad_rows == 1
+    assert report.row_errors[0].line == 2
+
+
+def test_newline_inside_a_field(tmp_path: Path) -> None:
+    content = (HEADER + 'ann@example.org,"Ann\r\nMarie",Lee,,,,,,\r\n' + MANY_GOOD).encode()
+    path = tmp_path / "users.csv"
+    path.write_bytes(content)
+    report = validate_users_csv(path)
+    assert [f.code for f in report.row_errors] == ["newline_in_field"]
+    assert report.valid_rows == 100  # the continuation line is not taken for a row
+
+
+def test_a_quote_never_closed_swallows_the_rest_and_rejects(tmp_path: Path) -> None:
+    content = (HEADER + 'ann@example.org,"Ann,Lee,,,,,,\r\n' + MANY_GOOD).encode()
+    errors, _ = codes(tmp_path, content)
+    assert errors == ["quote_unbalanced", "too_many_bad_rows"]
+
+
+def test_duplicates_name_both_lines(tmp_path: Path) -> None:
+    content = HEADER + GOOD + "ANN@example.org,Ann,Twin,,,,,,\r\nzed@example.org,Z,Z,,A1,,,,\r\n"
+    path = tmp_path / "users.csv"
+    path.write_bytes((content + MANY_GOOD).encode())
+    report = validate_users_csv(path)
+    found = {f.code: f for f in report.row_errors}
+    assert "line 2" in found["key_duplicate"].message and found["key_duplicate"].line == 3
+    assert "line 2" in found["staff_id_duplicate"].message
+
+
+def test_building_list_with_did_you_mean(tmp_path: Path) -> None:
+    path = tmp_path / "users.csv"
+    path.write_bytes((HEADER + GOOD.replace("South Elementary;", "Suoth Elementary;")).encode())
+    report = validate_users_csv(path, buildings=frozenset({"North Elementary", "South Elementary"}))
+    assert [f.code for f in report.row_errors] == ["building_unknown"]
+    assert "did you mean 'South Elementary'" in report.row_errors[0].message
+
+
+def test_too_many_bad_rows_reject_the_file(tmp_path: Path) -> None:
+    bad = "".join(f"bad{i},X,Y,,,,,,\r\n" for i in range(10))
+    errors, _ = codes(tmp_path, (HEADER + bad + MANY_GOOD).encode())
+    assert "too_many_bad_rows" in errors
+
+
+def test_validate_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    good = tmp_path / "good" / "users.csv"
+    good.parent.mkdir()
+    good.write_bytes((HEADER + GOOD).encode())
+    ok = subprocess.run(
+        [sys.executable, "-m", "ingest", "validate", str(good.parent)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert ok.returncode == 0 and "VALID" in ok.stdout
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "Users.csv").write_bytes(b"Email,First Name\r\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "ingest", "validate", "--json", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert bad.returncode == 1
+    assert [e["code"] for e in json.loads(bad.stdout)["errors"]] == ["file_misnamed"]
