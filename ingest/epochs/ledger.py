@@ -185,7 +185,7 @@ class Ledger:
             )
 
     def get(self, district: str, name: str) -> EpochRecord | None:
-        with self.db.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(
                 "SELECT * FROM epochs WHERE district = ? AND name = ?", (district, name)
             ).fetchone()
@@ -202,13 +202,13 @@ class Ledger:
         if state:
             query += " AND state = ?"
             args.append(state)
-        with self.db.connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(query + " ORDER BY district, name", args).fetchall()
         return [EpochRecord.from_row(r) for r in rows]
 
     def pending(self) -> list[EpochRecord]:
         """Epochs a restart must finish: not final yet, or final but not published."""
-        with self.db.connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(
                 "SELECT * FROM epochs WHERE state IN ('received', 'processing')"
                 " OR published_at IS NULL ORDER BY district, name"
@@ -216,7 +216,7 @@ class Ledger:
         return [EpochRecord.from_row(r) for r in rows]
 
     def known_names(self, district: str) -> set[str]:
-        with self.db.connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute("SELECT name FROM epochs WHERE district = ?", (district,))
             return {r["name"] for r in rows}
 
@@ -235,7 +235,7 @@ class Ledger:
             conn.executemany("DELETE FROM incomplete_uploads WHERE path = ?", [(p,) for p in paths])
 
     def incomplete(self) -> dict[str, int]:
-        with self.db.connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute("SELECT path, size FROM incomplete_uploads").fetchall()
         return {r["path"]: r["size"] for r in rows}
 

@@ -81,6 +81,27 @@ class Database:
         self.path = sqlite_path(url)
         self._local = threading.local()
 
+    def _thread_connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read-only snapshot: a deferred transaction takes no write lock, so logins and
+        status queries never wait for a long write (WAL readers see the last commit)."""
+        conn = self._thread_connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("ROLLBACK")
+
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection inside one transaction: committed on success, rolled back on error.
@@ -89,13 +110,7 @@ class Database:
         the thread that made it): opening one per transaction cost more than the
         transaction itself on the hot path of the epoch layer.
         """
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA busy_timeout = 30000")
-            self._local.conn = conn
+        conn = self._thread_connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn

@@ -191,7 +191,7 @@ class DistrictStore:
             )
 
     def get(self, name: str) -> District | None:
-        with self.db.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute("SELECT * FROM districts WHERE name = ?", (name,)).fetchone()
             if row is None:
                 return None
@@ -204,7 +204,7 @@ class DistrictStore:
         return district
 
     def list_all(self) -> list[District]:
-        with self.db.connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute("SELECT * FROM districts ORDER BY name").fetchall()
             return [self._district(conn, row) for row in rows]
 
@@ -231,7 +231,7 @@ class DistrictStore:
 
     def check_password(self, name: str, password: str) -> str | None:
         """None when the password is right for an enabled district, else the failure reason."""
-        with self.db.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(
                 "SELECT password_hash, enabled FROM districts WHERE name = ?", (name,)
             ).fetchone()
@@ -253,7 +253,7 @@ class DistrictStore:
 
     def authorized_keys(self, name: str) -> tuple[bool, list[str]]:
         """(district exists and is enabled, its public key lines)."""
-        with self.db.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute("SELECT enabled FROM districts WHERE name = ?", (name,)).fetchone()
             if row is None:
                 return False, []
