@@ -141,6 +141,15 @@ def test_too_many_bad_rows_reject_the_file(tmp_path: Path) -> None:
     assert "too_many_bad_rows" in errors
 
 
+def test_file_errors_are_never_dropped_by_the_findings_cap(tmp_path: Path) -> None:
+    bad = "".join(f"bad{i},X,Y,,,,,,\r\n" for i in range(50))
+    path = tmp_path / "users.csv"
+    path.write_bytes((HEADER + bad).encode())
+    report = validate_users_csv(path, Limits(max_findings=5))
+    assert len(report.row_errors) == 5 and report.dropped_findings == 45
+    assert [f.code for f in report.file_errors] == ["too_many_bad_rows"]
+
+
 def test_validate_command(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -140,8 +140,9 @@ class _Validator:
         column: str | None = None,
         value: str | None = None,
     ) -> None:
-        if len(self.report.row_errors) + len(self.report.warnings) >= self.limits.max_findings:
-            self.report.dropped_findings += 1
+        listed = len(self.report.row_errors) + len(self.report.warnings)
+        if bucket is not self.report.file_errors and listed >= self.limits.max_findings:
+            self.report.dropped_findings += 1  # counted, not listed; file errors always are
             return
         bucket.append(
             Finding(
