@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import socket
 import sys
@@ -21,6 +22,8 @@ from ingest.epochs.inventory import processed_report, waiting_epochs
 from ingest.epochs.ledger import STATES, Ledger
 from ingest.epochs.reports import render_text
 from ingest.logging import configure_logging, get_logger
+from ingest.provisioning.accounts import MODES, export_rows, history, set_buildings, set_mode
+from ingest.provisioning.csvapi import COLUMNS
 from ingest.provisioning.validate import validate_path
 from ingest.server import Server
 from ingest.sftp import load_or_create_host_keys
@@ -117,6 +120,25 @@ def _parser() -> argparse.ArgumentParser:
         toggle.add_argument("name")
         toggle.set_defaults(handler=_district_toggle, enabled=enabled)
 
+    set_mode = dc.add_parser("set-mode", help="how uploads change accounts")
+    set_mode.add_argument("name")
+    set_mode.add_argument(
+        "mode",
+        choices=MODES,
+        help="upsert: only what the file lists; full-sync: also delete "
+        "active accounts absent from the file",
+    )
+    set_mode.set_defaults(handler=_district_set_mode)
+    buildings = dc.add_parser("buildings", help="the district's building list")
+    bc = buildings.add_subparsers(dest="buildings_command", required=True, metavar="ACTION")
+    bset = bc.add_parser("set", help="building names must match this list (one per line)")
+    bset.add_argument("name")
+    bset.add_argument("file", type=Path, help="text file, one building name per line")
+    bset.set_defaults(handler=_district_buildings_set)
+    bclear = bc.add_parser("clear", help="accept any building name")
+    bclear.add_argument("name")
+    bclear.set_defaults(handler=_district_buildings_clear)
+
     listing = dc.add_parser("list", help="list districts")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=_district_list)
@@ -139,6 +161,26 @@ def _parser() -> argparse.ArgumentParser:
     eshow.add_argument("epoch")
     eshow.add_argument("--json", action="store_true", help="the ledger record as JSON")
     eshow.set_defaults(handler=_epochs_show)
+    for action, text in (
+        ("approve", "apply a held epoch despite its deletions"),
+        ("discard", "reject a held epoch for good"),
+    ):
+        decide = ec.add_parser(action, help=text)
+        decide.add_argument("district")
+        decide.add_argument("epoch")
+        decide.set_defaults(handler=_epochs_decide, action=action)
+
+    accounts = commands.add_parser("accounts", help="a district's provisioned accounts")
+    ac = accounts.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
+    export = ac.add_parser("export", help="active accounts, as users.csv (round-trips)")
+    export.add_argument("district")
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.set_defaults(handler=_accounts_export)
+    hist = ac.add_parser("history", help="every change to one account, oldest first")
+    hist.add_argument("district")
+    hist.add_argument("email")
+    hist.set_defaults(handler=_accounts_history)
+
     erep = ec.add_parser("reprocess", help="process a finished epoch again (from its archive)")
     erep.add_argument("district")
     erep.add_argument("epoch")
@@ -272,9 +314,7 @@ def _validate(args: argparse.Namespace, config: Config) -> int:
 
 
 def _ledger(config: Config) -> Ledger:
-    database = Database(config.database_url)
-    database.migrate()
-    return Ledger(database)
+    return Ledger(_database(config))
 
 
 def _epochs_list(args: argparse.Namespace, config: Config) -> int:
@@ -332,6 +372,84 @@ def _epochs_reprocess(args: argparse.Namespace, config: Config) -> int:
         f"queued {args.district}/{args.epoch} for reprocessing; the running server picks "
         f"it up within {config.epochs.reconcile_interval:g} s"
     )
+    return 0
+
+
+def _epochs_decide(args: argparse.Namespace, config: Config) -> int:
+    ledger = _ledger(config)
+    decide = ledger.approve if args.action == "approve" else ledger.discard
+    if not decide(args.district, args.epoch):
+        record = ledger.get(args.district, args.epoch)
+        state = record.state if record else "not in the ledger"
+        raise CommandError(
+            f"epoch {args.epoch} of {args.district} is {state}: only a held "
+            "epoch can be approved or discarded"
+        )
+    verb = "approved; it will be applied" if args.action == "approve" else "discarded"
+    print(f"{args.district}/{args.epoch} {verb} within {config.epochs.reconcile_interval:g} s")
+    return 0
+
+
+def _database(config: Config) -> Database:
+    database = Database(config.database_url)
+    database.migrate()
+    return database
+
+
+def _district_set_mode(args: argparse.Namespace, config: Config) -> int:
+    store = _store(config)
+    store.require(args.name)
+    with store.db.connect() as conn:
+        set_mode(conn, args.name, args.mode)
+    print(f"{args.name}: mode {args.mode}")
+    return 0
+
+
+def _district_buildings_set(args: argparse.Namespace, config: Config) -> int:
+    store = _store(config)
+    store.require(args.name)
+    try:
+        names = [line.strip() for line in args.file.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read {args.file}: {exc}") from None
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise CommandError(f"{args.file} lists no buildings")
+    with store.db.connect() as conn:
+        set_buildings(conn, args.name, names)
+    print(f"{args.name}: {len(set(names))} buildings")
+    return 0
+
+
+def _district_buildings_clear(args: argparse.Namespace, config: Config) -> int:
+    store = _store(config)
+    store.require(args.name)
+    with store.db.connect() as conn:
+        set_buildings(conn, args.name, None)
+    print(f"{args.name}: any building name is accepted")
+    return 0
+
+
+def _accounts_export(args: argparse.Namespace, config: Config) -> int:
+    _store(config).require(args.district)
+    with _database(config).read() as conn:
+        rows = list(export_rows(conn, args.district))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+        return 0
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(COLUMNS), lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return 0
+
+
+def _accounts_history(args: argparse.Namespace, config: Config) -> int:
+    _store(config).require(args.district)
+    with _database(config).read() as conn:
+        changes = history(conn, args.district, args.email)
+    if not changes:
+        raise CommandError(f"no account {args.email} in {args.district}")
+    print(json.dumps(changes, indent=2, ensure_ascii=False))
     return 0
 
 

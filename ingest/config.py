@@ -111,8 +111,23 @@ class EpochsConfig:
     # A file put directly into /upload/ that is not *_auto.csv: refuse it, or accept it
     # and report it (it is never processed either way).
     loose_files: Literal["refuse", "report"] = "refuse"
-    # What processes a claimed epoch: "filenames" checks the file names and reports.
-    processor: Literal["filenames"] = "filenames"
+    # What processes a claimed epoch: "provisioning" validates users.csv and applies it
+    # to the account store; "filenames" only checks the file names.
+    processor: Literal["provisioning", "filenames"] = "provisioning"
+
+
+@dataclass(frozen=True)
+class ProvisioningConfig:
+    """Validating users.csv and applying it to the account store."""
+
+    max_file_bytes: int = field(default=512 * 1024 * 1024, metadata=_check(_positive))
+    max_field_length: int = field(default=1000, metadata=_check(_positive))
+    # More bad rows than this share of data rows rejects the whole file.
+    max_bad_row_share: float = field(default=0.05, metadata=_check(_non_negative))
+    # An epoch that would delete more than this share of the active accounts AND more
+    # than deletion_min accounts is held for an operator (ingest epochs approve|discard).
+    deletion_share: float = field(default=0.10, metadata=_check(_non_negative))
+    deletion_min: int = field(default=5, metadata=_check(_non_negative))
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     epochs: EpochsConfig = field(default_factory=EpochsConfig)
+    provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     # Where the settings came from, for `server.started`; not a setting itself.
     source: str = field(default="defaults", compare=False)
 
@@ -160,6 +176,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseConfig,
     "logging": LoggingConfig,
     "epochs": EpochsConfig,
+    "provisioning": ProvisioningConfig,
 }
 
 

@@ -24,6 +24,9 @@ from tests.clients import curl, paramiko_client, sftp_batch, sftp_url
 from tests.harness import Credentials, Daemon, run_daemon
 
 USERS = b"Email,First Name,Last Name\nann@example.org,Ann,Lee\n"
+MANY_USERS = b"Email,First Name,Last Name\n" + b"".join(
+    b"user%d@example.org,User,%d\n" % (i, i) for i in range(200)
+)
 FAST = {
     "epochs_auto_settle": 0.3,
     "epochs_quiet_period": 1,
@@ -330,7 +333,7 @@ def test_two_districts_at_once(daemon: Daemon) -> None:
     def upload(creds: Credentials) -> None:
         try:
             with paramiko_client(daemon, creds) as client:
-                put_epoch(client.open_sftp(), "20260311-020000", {"users.csv": USERS * 200})
+                put_epoch(client.open_sftp(), "20260311-020000", {"users.csv": MANY_USERS})
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

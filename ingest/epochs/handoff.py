@@ -53,6 +53,7 @@ class ClaimedEpoch:
     files: tuple[FileInfo, ...]
     origin: Literal["upload", "auto"]
     warnings: tuple[Finding, ...] = ()  # found by the epoch layer (e.g. marker_not_empty)
+    approved: bool = False  # an operator approved it after it was held
 
 
 @dataclass(frozen=True)

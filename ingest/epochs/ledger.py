@@ -37,6 +37,7 @@ class EpochRecord:
     finished_at: str | None
     published_at: str | None
     attempts: int
+    approved: bool
     files: tuple[FileInfo, ...]
     warnings: tuple[Finding, ...]
     outcome: Outcome | None
@@ -54,6 +55,7 @@ class EpochRecord:
             finished_at=row["finished_at"],
             published_at=row["published_at"],
             attempts=row["attempts"],
+            approved=bool(row["approved"]),
             files=tuple(FileInfo(**f) for f in json.loads(row["files"])),
             warnings=tuple(Finding.from_json(w) for w in json.loads(row["warnings"])),
             outcome=Outcome.from_json(outcome) if outcome else None,
@@ -70,6 +72,7 @@ class EpochRecord:
             "finished_at": self.finished_at,
             "published_at": self.published_at,
             "attempts": self.attempts,
+            "approved": self.approved,
             "files": [vars(f) for f in self.files],
             "warnings": [w.to_json() for w in self.warnings],
             "outcome": self.outcome.to_json() if self.outcome else None,
@@ -180,6 +183,41 @@ class Ledger:
                     " published_at = NULL, outcome = NULL"
                     f" WHERE district = ? AND name = ? AND state IN ({placeholders})",
                     (district, name, *FINAL_STATES),
+                ).rowcount
+                == 1
+            )
+
+    def approve(self, district: str, name: str) -> bool:
+        """A held epoch goes back to ``received``, approved: the threshold is lifted."""
+        with self.db.connect() as conn:
+            return (
+                conn.execute(
+                    "UPDATE epochs SET state = 'received', approved = 1, claimed_at = NULL,"
+                    " finished_at = NULL, published_at = NULL, outcome = NULL"
+                    " WHERE district = ? AND name = ? AND state = 'held'",
+                    (district, name),
+                ).rowcount
+                == 1
+            )
+
+    def discard(self, district: str, name: str) -> bool:
+        """A held epoch is rejected for good; its report is rewritten (published again)."""
+        outcome = Outcome(
+            "rejected",
+            errors=(
+                Finding(
+                    "epoch_discarded",
+                    "an operator discarded this upload after it was held; nothing was changed",
+                ),
+            ),
+            message="discarded by an operator",
+        )
+        with self.db.connect() as conn:
+            return (
+                conn.execute(
+                    "UPDATE epochs SET state = 'rejected', finished_at = ?, published_at = NULL,"
+                    " outcome = ? WHERE district = ? AND name = ? AND state = 'held'",
+                    (now(), json.dumps(outcome.to_json()), district, name),
                 ).rowcount
                 == 1
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections import defaultdict
 from typing import Any
@@ -11,7 +13,9 @@ from ingest.epochs.ledger import EpochRecord
 
 REPORT_JSON = "report.json"
 REPORT_TXT = "report.txt"
-REPORT_NAMES = frozenset({REPORT_JSON, REPORT_TXT, "errors.csv"})
+ERRORS_CSV = "errors.csv"
+REPORT_NAMES = frozenset({REPORT_JSON, REPORT_TXT, ERRORS_CSV})
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 MAX_LISTED_PER_CODE = 20
 
 _HEADLINES = {
@@ -93,3 +97,23 @@ def group_findings(findings: list[Finding]) -> list[str]:
         if len(items) > MAX_LISTED_PER_CODE:
             lines.append(f"    ... and {len(items) - MAX_LISTED_PER_CODE} more")
     return lines
+
+
+def _cell(value: object) -> str:
+    """Neutralise spreadsheet formulas: a cell that starts like one is prefixed with '."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def render_errors_csv(record: EpochRecord) -> str | None:
+    """One row per row-level error (those with a line number), or None when there are none."""
+    outcome = record.outcome
+    rows = [f for f in (outcome.errors if outcome else ()) if f.line is not None]
+    if not rows:
+        return None
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["file", "line", "column", "code", "message", "value"])
+    for f in rows:
+        writer.writerow([_cell(v) for v in (f.file, f.line, f.column, f.code, f.message, f.value)])
+    return out.getvalue()

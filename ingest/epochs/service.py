@@ -28,7 +28,7 @@ from ingest.epochs.handoff import ClaimedEpoch, FileInfo, Finding, Outcome, Proc
 from ingest.epochs.ledger import EpochRecord, Ledger
 from ingest.epochs.names import MARKER
 from ingest.epochs.policy import EpochPolicy, EpochRegistry
-from ingest.epochs.reports import render_json, render_text
+from ingest.epochs.reports import render_errors_csv, render_json, render_text
 from ingest.epochs.scan import Verdict, judge_epoch, list_upload, read_epoch
 from ingest.epochs.watcher import start_observer
 from ingest.logging import get_logger
@@ -629,6 +629,7 @@ class EpochService:
             record.files,
             "auto" if record.origin == "auto" else "upload",
             record.warnings,
+            record.approved,
         )
         try:
             with self.database.connect() as conn:
@@ -673,6 +674,7 @@ class EpochService:
             self.archive_dir / district / name,
             render_json(record),
             render_text(record),
+            render_errors_csv(record),
         )
         self.ledger.mark_published(district, name)
         return record, target
@@ -710,5 +712,8 @@ class EpochService:
 
 def make_processor(config: Config) -> Processor:
     from ingest.provisioning.filenames import FileNameProcessor
+    from ingest.provisioning.processor import ProvisioningProcessor
 
-    return FileNameProcessor()
+    if config.epochs.processor == "filenames":
+        return FileNameProcessor()
+    return ProvisioningProcessor(config.provisioning)

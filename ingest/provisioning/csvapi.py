@@ -66,6 +66,8 @@ class ValidationReport:
     row_errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     dropped_findings: int = 0
+    skipped_keys: set[str] = field(default_factory=set)  # e-mails of skipped rows
+    unkeyed_bad_rows: int = 0  # skipped rows whose e-mail could not be read
 
     @property
     def rejected(self) -> bool:
@@ -347,9 +349,19 @@ class _Validator:
         line: int,
         column: str | None = None,
         value: str | None = None,
+        key: str = "",
     ) -> None:
-        self.report.bad_rows += 1
+        self._skipped(key)
         self._add(self.report.row_errors, code, message, line, column, value)
+
+    def _skipped(self, key: str) -> None:
+        """Count a skipped row; remember its e-mail (a full sync must not delete the
+        account of a row that was only skipped for an error)."""
+        self.report.bad_rows += 1
+        if key:
+            self.report.skipped_keys.add(key.lower())
+        else:
+            self.report.unkeyed_bad_rows += 1
 
     def row(self, number: int, text: str, columns: dict[str, int]) -> None:
         fields = _parse(text)
@@ -374,7 +386,7 @@ class _Validator:
         value = {name: fields[index].strip() for name, index in columns.items()}
         problems = list(self.check_values(value))
         if problems:
-            self.report.bad_rows += 1
+            self._skipped(value.get("Email", ""))
             for code, message, column in problems:
                 self._add(
                     self.report.row_errors,
@@ -394,6 +406,7 @@ class _Validator:
                 number,
                 "Email",
                 email,
+                key=email,
             )
             return
         staff_id = value.get("Staff Id", "")
@@ -406,6 +419,7 @@ class _Validator:
                     number,
                     "Staff Id",
                     staff_id,
+                    key=email,
                 )
                 return
         self.report.valid_rows += 1

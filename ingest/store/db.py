@@ -62,6 +62,41 @@ _MIGRATIONS: tuple[str, ...] = (
         at       TEXT NOT NULL
     );
     """,
+    """
+    ALTER TABLE epochs ADD COLUMN approved INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE district_settings (
+        district  TEXT PRIMARY KEY,
+        mode      TEXT NOT NULL DEFAULT 'upsert',
+        buildings TEXT
+    );
+    CREATE TABLE accounts (
+        district    TEXT NOT NULL,
+        email       TEXT NOT NULL,
+        first_name  TEXT NOT NULL,
+        last_name   TEXT NOT NULL,
+        middle_name TEXT NOT NULL DEFAULT '',
+        staff_id    TEXT NOT NULL DEFAULT '',
+        title       TEXT NOT NULL DEFAULT '',
+        assignments TEXT NOT NULL DEFAULT '[]',
+        status      TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        deleted_at  TEXT,
+        epoch       TEXT NOT NULL,
+        PRIMARY KEY (district, email)
+    ) WITHOUT ROWID;
+    CREATE TABLE account_changes (
+        id       INTEGER PRIMARY KEY,
+        district TEXT NOT NULL,
+        epoch    TEXT NOT NULL,
+        email    TEXT NOT NULL,
+        action   TEXT NOT NULL,
+        before   TEXT,
+        after    TEXT,
+        at       TEXT NOT NULL
+    );
+    CREATE INDEX account_changes_by_account ON account_changes (district, email, id);
+    """,
 )
 
 

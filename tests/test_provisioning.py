@@ -1,0 +1,197 @@
+"""Upload over SFTP -> validation -> account store -> report, end to end with the daemon."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clients import paramiko_client
+from tests.harness import Credentials, Daemon, run_daemon
+
+HEADER = "Email,First Name,Last Name,Staff Id,Role,Buildings,Deleted\r\n"
+ANN = (
+    "ann@example.org,Ann,Lee,A1,Special Education Teacher;Literacy Teacher,"
+    '"North Elementary,South Elementary;South Elementary",\r\n'
+)
+BOB = "bob@example.org,Bob,Ray,B2,,,\r\n"
+CYD = "cyd@example.org,Cyd,Moe,,,,\r\n"
+FAST = {
+    "epochs_auto_settle": 0.3,
+    "epochs_quiet_period": 1,
+    "epochs_publish_linger": 5,
+    "epochs_reconcile_interval": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    with run_daemon(tmp_path_factory.mktemp("provisioning"), **FAST) as running:
+        yield running
+
+
+def upload(daemon: Daemon, creds: Credentials, epoch: str, content: bytes | str) -> dict[str, Any]:
+    data = content.encode() if isinstance(content, str) else content
+    with paramiko_client(daemon, creds) as client:
+        sftp = client.open_sftp()
+        sftp.mkdir(f"/upload/{epoch}")
+        with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
+            fh.write(data)
+        with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
+            pass
+    daemon.wait_for("epoch.published", district=creds.name, epoch=epoch)
+    path = daemon.root(creds.name) / "upload-processed" / epoch / "report.json"
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def export(daemon: Daemon, district: str) -> list[dict[str, str]]:
+    out = daemon.cli("accounts", "export", district).stdout
+    return list(csv.DictReader(io.StringIO(out)))
+
+
+def test_accounts_are_created_exported_and_reapplying_changes_nothing(
+    daemon: Daemon, district: Credentials
+) -> None:
+    report = upload(daemon, district, "20260401-020000", HEADER + ANN + BOB + CYD)
+    assert report["status"] == "applied"
+    assert report["counts"] == {
+        "rows": 3,
+        "skipped": 0,
+        "created": 3,
+        "updated": 0,
+        "deleted": 0,
+        "reactivated": 0,
+        "unchanged": 0,
+    }
+    rows = export(daemon, district.name)
+    assert [r["Email"] for r in rows] == ["ann@example.org", "bob@example.org", "cyd@example.org"]
+    assert rows[0]["Role"] == "Special Education Teacher;Literacy Teacher"
+    assert rows[0]["Buildings"] == "North Elementary,South Elementary;South Elementary"
+    exported = daemon.cli("accounts", "export", district.name).stdout  # round-trips
+    again = upload(daemon, district, "20260401-030000", exported)
+    assert again["counts"]["unchanged"] == 3 and again["counts"]["created"] == 0
+    assert (
+        daemon.cli(
+            "validate", str(daemon.root(district.name) / "upload-processed" / "20260401-030000")
+        ).returncode
+        == 0
+    )
+
+
+def test_bad_rows_are_skipped_and_listed_in_errors_csv(
+    daemon: Daemon, district: Credentials
+) -> None:
+    upload(daemon, district, "20260402-020000", HEADER + ANN + BOB)
+    many = "".join(f"u{i}@example.org,U,{i},,,,\r\n" for i in range(40))
+    content = (
+        HEADER
+        + ANN
+        + "bob@example.org,Bobby,,B2,,,\r\n"
+        + '"=HYPERLINK(""x"")",Evil,Row,,,,\r\n'
+        + many
+    )
+    report = upload(daemon, district, "20260402-030000", content)
+    assert report["status"] == "applied"
+    assert report["counts"]["skipped"] == 2 and report["counts"]["created"] == 40
+    assert {e["code"] for e in report["errors"]} == {"value_required", "value_invalid"}
+    bob = next(r for r in export(daemon, district.name) if r["Email"] == "bob@example.org")
+    assert bob["First Name"] == "Bob"  # the bad row left the account exactly as it was
+    errors_csv = (
+        daemon.root(district.name) / "upload-processed" / "20260402-030000" / "errors.csv"
+    ).read_text()
+    rows = list(csv.DictReader(io.StringIO(errors_csv)))
+    assert {r["line"] for r in rows} == {"3", "4"}
+    assert all(not r["value"].startswith(("=", "+", "-", "@")) for r in rows)
+    assert any(r["value"].startswith("'=") for r in rows)  # neutralised, still readable
+
+
+def test_delete_reactivate_and_history(daemon: Daemon, district: Credentials) -> None:
+    upload(daemon, district, "20260403-020000", HEADER + ANN + BOB)
+    report = upload(
+        daemon, district, "20260403-030000", HEADER + BOB + "ann@example.org,Ann,Lee,A1,,,yes\r\n"
+    )
+    assert report["counts"]["deleted"] == 1
+    assert [r["Email"] for r in export(daemon, district.name)] == ["bob@example.org"]
+    report = upload(daemon, district, "20260403-040000", HEADER + ANN)
+    assert report["counts"]["reactivated"] == 1
+    changes = json.loads(daemon.cli("accounts", "history", district.name, "ANN@example.org").stdout)
+    assert [c["action"] for c in changes] == ["created", "deleted", "reactivated"]
+    assert [c["epoch"] for c in changes] == [
+        "20260403-020000",
+        "20260403-030000",
+        "20260403-040000",
+    ]
+
+
+def test_full_sync_mass_deletion_is_held_until_approved(
+    daemon: Daemon, district: Credentials
+) -> None:
+    everyone = "".join(f"p{i}@example.org,P,{i},,,,\r\n" for i in range(10))
+    upload(daemon, district, "20260404-020000", HEADER + everyone)
+    daemon.cli("district", "set-mode", district.name, "full-sync")
+    report = upload(
+        daemon,
+        district,
+        "20260404-030000",
+        HEADER + "p0@example.org,P,0,,,,\r\np1@example.org,P,1,,,,\r\n",
+    )
+    assert report["status"] == "held"
+    assert report["counts"]["would_delete"] == 8
+    assert report["errors"][0]["code"] == "deletion_threshold"
+    assert len(export(daemon, district.name)) == 10  # nothing applied
+    assert (
+        "ON HOLD"
+        in (
+            daemon.root(district.name) / "upload-processed" / "20260404-030000" / "report.txt"
+        ).read_text()
+    )
+
+    daemon.cli("epochs", "approve", district.name, "20260404-030000")
+    daemon.wait_for("epoch.applied", district=district.name, epoch="20260404-030000")
+    daemon.wait_for("epoch.published", district=district.name, epoch="20260404-030000", count=2)
+    assert [r["Email"] for r in export(daemon, district.name)] == [
+        "p0@example.org",
+        "p1@example.org",
+    ]
+    again = upload(daemon, district, "20260404-040000", HEADER + CYD)  # would delete 2 of 2
+    assert again["status"] == "applied"  # not more than the minimum of 5: no hold
+
+
+def test_held_epoch_can_be_discarded(daemon: Daemon, district: Credentials) -> None:
+    everyone = "".join(f"q{i}@example.org,Q,{i},,,,\r\n" for i in range(10))
+    upload(daemon, district, "20260405-020000", HEADER + everyone)
+    daemon.cli("district", "set-mode", district.name, "full-sync")
+    assert upload(daemon, district, "20260405-030000", HEADER + BOB)["status"] == "held"
+    daemon.cli("epochs", "discard", district.name, "20260405-030000")
+    daemon.wait_for("epoch.published", district=district.name, epoch="20260405-030000", count=2)
+    report = json.loads(
+        (
+            daemon.root(district.name) / "upload-processed" / "20260405-030000" / "report.json"
+        ).read_text()
+    )
+    assert report["status"] == "rejected"
+    assert [e["code"] for e in report["errors"]] == ["epoch_discarded"]
+    assert len(export(daemon, district.name)) == 10
+    refused = daemon.cli("epochs", "approve", district.name, "20260405-030000", check=False)
+    assert refused.returncode == 1 and "only a held epoch" in refused.stderr
+
+
+def test_building_list_and_file_level_rejection(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    (tmp_path / "buildings.txt").write_text("North Elementary\nSouth Elementary\n")
+    daemon.cli("district", "buildings", "set", district.name, str(tmp_path / "buildings.txt"))
+    typo = ANN.replace("North Elementary", "Nrth Elementary")
+    many = "".join(f"v{i}@example.org,V,{i},,,,\r\n" for i in range(30))
+    report = upload(daemon, district, "20260406-020000", HEADER + typo + many)
+    assert [e["code"] for e in report["errors"]] == ["building_unknown"]
+    assert "did you mean 'North Elementary'" in report["errors"][0]["message"]
+    utf16 = upload(daemon, district, "20260406-030000", (HEADER + BOB).encode("utf-16"))
+    assert utf16["status"] == "rejected"
+    assert [e["code"] for e in utf16["errors"]] == ["encoding_utf16"]
+    assert "bob@example.org" not in {r["Email"] for r in export(daemon, district.name)}
