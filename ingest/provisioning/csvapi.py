@@ -495,6 +495,8 @@ def _assignments(role: str, buildings: str) -> tuple[tuple[str, tuple[str, ...]]
 
 def _quote_open(text: str) -> bool:
     """True when ``text`` ends inside a quoted field (RFC 4180: "" is a quote inside)."""
+    if text.count('"') % 2 == 0:
+        return False  # fast path: quoted fields hold an even number of quotes
     inside = False
     field_start = True
     just_closed = False
