@@ -31,6 +31,7 @@ MAX_LENGTHS = {
 }
 TRUE_VALUES = frozenset({"true", "yes", "y", "1"})
 FALSE_VALUES = frozenset({"", "false", "no", "n", "0"})
+_DELETED_VALUES = TRUE_VALUES | FALSE_VALUES
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
 _STAFF_ID = re.compile(r"^[A-Za-z0-9]+$")
 _EXCERPT = 60
@@ -453,7 +454,7 @@ class _Validator:
         if staff_id and not _STAFF_ID.fullmatch(staff_id):
             yield "value_invalid", "Staff Id must be letters and digits only", "Staff Id"
         deleted = value.get("Deleted", "").lower()
-        if deleted not in TRUE_VALUES | FALSE_VALUES:
+        if deleted not in _DELETED_VALUES:
             yield (
                 "value_invalid",
                 f"Deleted must be true/false, yes/no, y/n or 1/0, not {value.get('Deleted')!r}",

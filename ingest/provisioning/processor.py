@@ -75,7 +75,7 @@ class ProvisioningProcessor:
                     FILE_NAME,
                 )
             )
-        keep = present | marked | report.skipped_keys
+        keep = present | marked | report.skipped_keys if full_sync else set()
         deleting = (marked & active) | (active - keep if full_sync else set())
         share, minimum = self.settings.deletion_share, self.settings.deletion_min
         if not epoch.approved and len(deleting) > share * len(active) and len(deleting) > minimum:
