@@ -10,9 +10,10 @@ import sqlite3
 
 from ingest.config import ProvisioningConfig
 from ingest.epochs.handoff import ClaimedEpoch, Finding, Outcome
-from ingest.provisioning.accounts import Applier, active_emails, get_settings
-from ingest.provisioning.csvapi import FILE_NAME, Limits, UserRow, validate_users_csv
+from ingest.provisioning.accounts import get_settings, now
+from ingest.provisioning.csvapi import FILE_NAME, Limits, validate_users_csv
 from ingest.provisioning.filenames import check_file_names
+from ingest.provisioning.staging import Stage
 
 LISTED_DELETIONS = 100
 
@@ -42,14 +43,10 @@ class ProvisioningProcessor:
         district = get_settings(conn, epoch.district)
         path = epoch.directory / FILE_NAME
 
-        # Pass 1: validate, and learn which accounts the file keeps and which it deletes.
-        present: set[str] = set()
-        marked: set[str] = set()
-
-        def collect(row: UserRow) -> None:
-            (marked if row.deleted else present).add(row.email)
-
-        report = validate_users_csv(path, self.limits, district.buildings, collect)
+        # One pass: validate, staging the valid rows in a TEMP table of this transaction.
+        stage = Stage(conn, epoch.district)
+        report = validate_users_csv(path, self.limits, district.buildings, stage.add)
+        stage.flush()
         warnings += report.warnings
         summary = {"rows": report.rows, "skipped": report.bad_rows}
         if report.rejected:
@@ -60,7 +57,6 @@ class ProvisioningProcessor:
                 tuple(warnings),
                 message="users.csv has file-level errors; nothing was changed",
             )
-        active = active_emails(conn, epoch.district)
         # A full sync deletes what the file leaves out, but never the account of a row
         # that was only skipped for an error; if a skipped row's e-mail is unreadable,
         # absence proves nothing and the sync deletes only rows marked Deleted.
@@ -75,15 +71,17 @@ class ProvisioningProcessor:
                     FILE_NAME,
                 )
             )
-        keep = present | marked | report.skipped_keys if full_sync else set()
-        deleting = (marked & active) | (active - keep if full_sync else set())
+        if full_sync:
+            stage.keep(report.skipped_keys)
+        active = stage.active_count()
+        deleting, _ = stage.deleting(full_sync)
         share, minimum = self.settings.deletion_share, self.settings.deletion_min
-        if not epoch.approved and len(deleting) > share * len(active) and len(deleting) > minimum:
-            listed = sorted(deleting)[:LISTED_DELETIONS]
+        if not epoch.approved and deleting > share * active and deleting > minimum:
+            _, listed = stage.deleting(full_sync, LISTED_DELETIONS)
             held = [
                 Finding(
                     "deletion_threshold",
-                    f"this upload would delete {len(deleting)} of {len(active)} active accounts "
+                    f"this upload would delete {deleting} of {active} active accounts "
                     f"(more than {share:.0%} and more than {minimum}); nothing was applied. An "
                     "operator must approve or discard it (ingest epochs approve|discard).",
                 )
@@ -93,25 +91,20 @@ class ProvisioningProcessor:
             ]
             return Outcome(
                 "held",
-                {**summary, "would_delete": len(deleting), "active": len(active)},
+                {**summary, "would_delete": deleting, "active": active},
                 tuple(held),
                 tuple(warnings),
-                message=f"held: it would delete {len(deleting)} accounts",
+                message=f"held: it would delete {deleting} accounts",
             )
 
-        # Pass 2: apply the valid rows; invalid rows were skipped and stay as they were.
-        applier = Applier(conn, epoch.district, epoch.name)
-        validate_users_csv(path, self.limits, district.buildings, applier.apply)
-        if full_sync:
-            applier.delete_missing(keep)
+        counts = stage.apply(epoch.name, now(), full_sync)
         return Outcome(
             "applied",
-            {**summary, **applier.counts},
+            {**summary, **counts},
             tuple(report.row_errors),
             tuple(warnings),
-            message=f"{applier.counts['created']} created, "
-            f"{applier.counts['updated']} updated, {applier.counts['deleted']} "
-            f"deleted, {applier.counts['reactivated']} reactivated, "
-            f"{applier.counts['unchanged']} unchanged, {report.bad_rows} rows "
-            "skipped for errors",
+            message=f"{counts['created']} created, {counts['updated']} updated, "
+            f"{counts['deleted']} deleted, {counts['reactivated']} reactivated, "
+            f"{counts['unchanged']} unchanged, {report.bad_rows} rows skipped "
+            "for errors",
         )
