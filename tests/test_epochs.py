@@ -348,15 +348,16 @@ def test_two_districts_at_once(daemon: Daemon) -> None:
         assert report(daemon, creds.name, "20260311-020000")["status"] == "applied"
 
 
-def _stage_on_disk(root: Path, epoch: str, age: float = 3600) -> None:
+def _stage_on_disk(root: Path, epoch: str, age: float = 3600, marker: bool = True) -> None:
     """An epoch that arrived by other means (shared volume, or while the daemon was down)."""
     directory = root / "upload" / epoch
     directory.mkdir(parents=True)
     (directory / "users.csv").write_bytes(USERS)
-    (directory / "COMPLETE").write_bytes(b"")
     old = time.time() - age
-    for path in (directory / "users.csv", directory / "COMPLETE"):
-        os.utime(path, (old, old))
+    os.utime(directory / "users.csv", (old, old))
+    if marker:  # last, as a district would
+        (directory / "COMPLETE").write_bytes(b"")
+        os.utime(directory / "COMPLETE", (old, old))
 
 
 def test_restart_finds_pending_epochs_and_files_from_other_writers(tmp_path: Path) -> None:
@@ -424,8 +425,7 @@ def test_operator_cli_lists_shows_and_reprocesses(daemon: Daemon, district: Cred
         sftp.mkdir("/upload/20260318-020000")  # still waiting for COMPLETE
         with sftp.open("/upload/20260318-020000/users.csv", "wb") as fh:
             fh.write(USERS)
-    _stage_on_disk(daemon.root(district.name), "20260101-010101", age=3 * 86400)
-    (daemon.root(district.name) / "upload/20260101-010101/COMPLETE").unlink()  # stale
+    _stage_on_disk(daemon.root(district.name), "20260101-010101", age=3 * 86400, marker=False)
     daemon.wait_for("epoch.published", district=district.name, epoch=epoch)
 
     listed = json.loads(daemon.cli("epochs", "list", "--district", district.name, "--json").stdout)
