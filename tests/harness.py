@@ -23,6 +23,13 @@ from typing import Any
 from ingest.store import Database, DistrictStore
 
 DEFAULT_TIMEOUT = 15.0
+# Epoch timings shortened for tests (settle windows, quiet period, linger, reconcile).
+FAST_EPOCHS = {
+    "epochs_auto_settle": 0.3,
+    "epochs_quiet_period": 1,
+    "epochs_publish_linger": 5,
+    "epochs_reconcile_interval": 1,
+}
 WORK_EPOCH = "/upload/20260101-000000"
 PASSWORD_SUFFIX = "-Correct-Horse-9"
 

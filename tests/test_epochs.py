@@ -21,18 +21,13 @@ import paramiko
 import pytest
 
 from tests.clients import curl, paramiko_client, sftp_batch, sftp_url
-from tests.harness import Credentials, Daemon, run_daemon
+from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon
 
 USERS = b"Email,First Name,Last Name\nann@example.org,Ann,Lee\n"
 MANY_USERS = b"Email,First Name,Last Name\n" + b"".join(
     b"user%d@example.org,User,%d\n" % (i, i) for i in range(200)
 )
-FAST = {
-    "epochs_auto_settle": 0.3,
-    "epochs_quiet_period": 1,
-    "epochs_publish_linger": 5,
-    "epochs_reconcile_interval": 1,
-}
+FAST = FAST_EPOCHS
 
 
 @pytest.fixture(scope="module")

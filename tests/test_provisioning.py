@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.clients import paramiko_client
-from tests.harness import Credentials, Daemon, run_daemon
+from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon
 
 HEADER = "Email,First Name,Last Name,Staff Id,Role,Buildings,Deleted\r\n"
 ANN = (
@@ -21,12 +21,7 @@ ANN = (
 )
 BOB = "bob@example.org,Bob,Ray,B2,,,\r\n"
 CYD = "cyd@example.org,Cyd,Moe,,,,\r\n"
-FAST = {
-    "epochs_auto_settle": 0.3,
-    "epochs_quiet_period": 1,
-    "epochs_publish_linger": 5,
-    "epochs_reconcile_interval": 1,
-}
+FAST = FAST_EPOCHS
 
 
 @pytest.fixture(scope="module")

@@ -100,6 +100,7 @@ class Stage:
         counts = {"created": 0, "updated": 0, "deleted": 0, "reactivated": 0, "unchanged": 0}
         staged_live = conn.execute("SELECT COUNT(*) FROM staged WHERE deleted = 0").fetchone()[0]
         staged_marked = conn.execute("SELECT COUNT(*) FROM staged WHERE deleted = 1").fetchone()[0]
+        marked_active, _ = self.deleting(full_sync=False)  # rows marked Deleted that delete
         # Deletions first, while "active" still means before this epoch.
         deleting = self._deleting_query(full_sync)
         conn.execute(
@@ -169,19 +170,7 @@ class Stage:
             f" :now, :now, :e {new_rows} ORDER BY s.email",
             {"d": d, "e": epoch, "now": now},
         ).rowcount
-        marked_deleted = (
-            counts["deleted"]
-            if not full_sync
-            else int(
-                conn.execute(
-                    "SELECT COUNT(*) FROM account_changes WHERE district = ? AND epoch = ? AND"
-                    " action = 'deleted' AND at = ? AND email IN (SELECT email FROM staged WHERE"
-                    " deleted = 1)",
-                    (d, epoch, now),
-                ).fetchone()[0]
-            )
-        )
         counts["unchanged"] = (
             staged_live - counts["created"] - counts["updated"] - counts["reactivated"]
-        ) + (staged_marked - marked_deleted)
+        ) + (staged_marked - marked_active)
         return counts
