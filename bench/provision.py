@@ -34,6 +34,15 @@ database is a fresh SQLite file in the temporary directory, created by
 ``Database.migrate()``; all three apply phases use it in turn. The district has no
 settings row, so the defaults apply (upsert, no building list).
 
+Then, unless ``--no-responsiveness``, the real daemon (``python -m ingest serve`` on its
+defaults, port 0, a fresh data dir) with two districts: district B, over one paramiko SFTP
+session, puts 2 KiB files one after another (open + write + close each), first 200 while
+the daemon is idle, then from A's ``epoch.claimed`` until its ``epoch.applied`` while the
+daemon applies district A's users.csv (the original file, hard-linked into A's upload
+directory with a COMPLETE: the upload itself is bench/upload.py's subject). It reports the
+put latencies (p50, p99, max) in both conditions, the apply's duration as the daemon logged
+it and the daemon's peak RSS.
+
 Reported per phase: wall time, rows/s, the ratio to the ``csv.reader`` pass, CPU seconds
 and peak RSS in MB (10^6 bytes). Targets for 1,000,000 rows: first apply <= 20 s,
 re-apply <= 10 s, peak RSS <= 300 MB in every phase. ``--profile DIR`` also writes a
@@ -65,6 +74,7 @@ from _common import (
     log,
     machine_info,
     run_main,
+    summary,
 )
 
 PHASE_ARG = "_phase"
@@ -276,13 +286,13 @@ def mb(kib: int) -> float:
     return kib * 1024 / 1e6
 
 
-def status_kib(field: str) -> int:
-    """A KiB field of /proc/self/status (VmHWM: peak RSS, VmRSS: current RSS)."""
-    with open("/proc/self/status") as status:
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """A KiB field of /proc/<pid>/status (VmHWM: peak RSS, VmRSS: current RSS)."""
+    with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise BenchError(f"no {field} in /proc/self/status")
+    raise BenchError(f"no {field} in /proc/{pid}/status")
 
 
 def reset_peak_rss() -> bool:
@@ -465,6 +475,80 @@ def spawn_phase(reg: Registry, spec: dict[str, Any], timeout: float) -> dict[str
     return result
 
 
+# --- responsiveness: another district's uploads while the daemon applies ---------------------
+
+PROBE_BYTES = 2048
+IDLE_PUTS = 200
+
+
+def put_latencies(sftp: Any, directory: str, prefix: str, until: Any) -> list[float]:
+    """Put 2 KiB files one after another until ``until()`` is true; each one's open + write +
+    close in ms (three round trips, as a nightly job's small upload)."""
+    data = os.urandom(PROBE_BYTES)
+    samples: list[float] = []
+    while not until():
+        t0 = time.perf_counter()
+        with sftp.open(f"{directory}/{prefix}-{len(samples):06d}.csv", "wb") as fh:
+            fh.write(data)
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+def responsiveness(reg: Registry, work: Path, users_csv: Path, timeout: float) -> dict[str, Any]:
+    """The real daemon (defaults, provisioning processor): district B puts small files while
+    idle, then while the daemon applies district A's users.csv (the first apply). A's epoch
+    is placed on disk, not uploaded: the upload itself is bench/upload.py's subject."""
+    import paramiko  # type: ignore[import-untyped]
+    from _daemon import add_districts, open_sftp, start_daemon, write_client_key, write_known_hosts
+
+    daemon = start_daemon(reg, work / "daemon")
+    key_path, public = write_client_key(work)
+    add_districts(daemon, ["district-a", "district-b"], public)
+    known_hosts = write_known_hosts(daemon, work)
+    key = paramiko.Ed25519Key.from_private_key_file(str(key_path))
+    client, sftp = open_sftp(daemon.port, key, known_hosts, "district-b", 60)
+    try:
+        probe_dir = "/upload/20250101-020000"  # B's epoch never gets COMPLETE: never processed
+        sftp.mkdir(probe_dir)
+        idle_count = iter(range(IDLE_PUTS + 1))
+        idle = put_latencies(sftp, probe_dir, "idle", lambda: next(idle_count) == IDLE_PUTS)
+        epoch_dir = daemon.data_dir / "districts" / "district-a" / "upload" / "20250101-020000"
+        epoch_dir.mkdir(parents=True)
+        os.link(users_csv, epoch_dir / "users.csv")
+        (epoch_dir / "COMPLETE").touch()
+        deadline = time.monotonic() + timeout
+        daemon.wait_event("epoch.claimed", deadline, district="district-a")
+
+        def finished() -> bool:
+            if time.monotonic() > deadline:
+                raise BenchError("district A's epoch was not applied in time")
+            return bool(
+                daemon.events("epoch.applied")
+                or daemon.events("epoch.rejected")
+                or daemon.events("epoch.failed")
+            )
+
+        busy = put_latencies(sftp, probe_dir, "busy", finished)
+    finally:
+        sftp.close()
+        client.close()
+    outcome = (
+        daemon.events("epoch.applied")
+        + daemon.events("epoch.rejected")
+        + daemon.events("epoch.failed")
+    )[0]
+    hwm_kib = status_kib("VmHWM", daemon.proc.pid)
+    reg.stop(daemon.proc)
+    return {
+        "idle": summary(idle, (50, 99)),
+        "during_apply": summary(busy, (50, 99)),
+        "apply_event": outcome.get("event"),
+        "apply_duration_s": outcome.get("duration"),
+        "apply_summary": outcome.get("summary"),
+        "daemon_peak_rss_mb": round(mb(hwm_kib), 1),
+    }
+
+
 # --- checks, run, report ---------------------------------------------------------------------
 
 
@@ -560,10 +644,22 @@ def run(args: argparse.Namespace, reg: Registry, work: Path) -> dict[str, Any]:
         "peak_rss_met": mb(peak["rss_peak_kib"]) <= TARGET_RSS_MB,
         "peak_rss_phase": peak["phase"],
     }
+    answer = None
+    if args.responsiveness:
+        log("responsiveness: district B puts 2 KiB files, idle then during A's first apply ...")
+        answer = responsiveness(reg, work, original, args.timeout)
+        idle, busy = answer["idle"], answer["during_apply"]
+        log(
+            f"responsiveness: idle p50 {idle['p50_ms']} ms p99 {idle['p99_ms']} ms; during the "
+            f"apply p50 {busy['p50_ms']} ms p99 {busy['p99_ms']} ms max {busy['max_ms']} ms"
+        )
+        if answer["apply_event"] != "epoch.applied":
+            problems.append(f"responsiveness: district A's epoch ended {answer['apply_event']}")
     at_end = git_commit()
     if at_end != info["ingest_commit"]:
         info["ingest_commit"] += f" (changed to {at_end} during the run)"
     return {
+        "responsiveness": answer,
         "machine": info,
         "settings": {
             "rows": args.rows,
@@ -642,6 +738,19 @@ def render(results: dict[str, Any]) -> str:
         f"{by_phase[t['peak_rss_phase']]['rss_peak_mb']:.0f} MB ({t['peak_rss_phase']}) <= "
         f"{t['peak_rss_mb']:.0f} MB {verdict(t['peak_rss_met'])}"
     )
+    answer = results["responsiveness"]
+    if answer is not None:
+        idle, busy = answer["idle"], answer["during_apply"]
+        out += [
+            "",
+            "  responsiveness (real daemon): district B's 2 KiB puts (open + write + close)",
+            f"    idle                : n {idle['n']:5d}  p50 {idle['p50_ms']:7.2f} ms  p99 "
+            f"{idle['p99_ms']:7.2f} ms  max {idle['max_ms']:7.2f} ms",
+            f"    during A's 1st apply: n {busy['n']:5d}  p50 {busy['p50_ms']:7.2f} ms  p99 "
+            f"{busy['p99_ms']:7.2f} ms  max {busy['max_ms']:7.2f} ms  (apply "
+            f"{answer['apply_duration_s']} s in the daemon, daemon peak RSS "
+            f"{answer['daemon_peak_rss_mb']:.0f} MB)",
+        ]
     if results["problems"]:
         out.append("  CHECKS FAILED: " + "; ".join(results["problems"]))
     else:
@@ -673,6 +782,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         metavar="DIR",
         help="write a cProfile of each phase to DIR/<phase>.prof (inflates the timings)",
+    )
+    parser.add_argument(
+        "--no-responsiveness",
+        dest="responsiveness",
+        action="store_false",
+        help="skip the last part: another district's uploads while the daemon applies",
     )
     add_output_options(
         parser,

@@ -114,6 +114,9 @@ class EpochsConfig:
     # What processes a claimed epoch: "provisioning" validates users.csv and applies it
     # to the account store; "filenames" only checks the file names.
     processor: Literal["provisioning", "filenames"] = "provisioning"
+    # Where the processor runs: "process" (a child process, so that a large file neither
+    # slows other districts' uploads nor grows the daemon's memory) or "thread".
+    isolation: Literal["process", "thread"] = "process"
 
 
 @dataclass(frozen=True)

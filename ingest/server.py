@@ -11,7 +11,7 @@ import asyncio
 import signal
 
 from ingest.config import Config
-from ingest.epochs.service import EpochService, make_processor
+from ingest.epochs.service import EpochService
 from ingest.logging import flush_logs, get_logger
 from ingest.sftp import (
     FanOut,
@@ -41,7 +41,7 @@ class Server:
         host_keys = await asyncio.to_thread(load_or_create_host_keys, config.host_key_dir)
         districts = DistrictStore(database, config.districts_dir)
         open_uploads = OpenUploads()
-        self.epochs = EpochService(config, database, make_processor(config), open_uploads)
+        self.epochs = EpochService(config, database, open_uploads)
         await self.epochs.start()
         events = FanOut(self.epochs, self.events) if self.events else self.epochs
         self.sftp = SFTPService(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ingest.provisioning.csvapi import Limits, UserRow, validate_users_csv
+from ingest.provisioning.csvapi import Limits, ValidationReport, validate_users_csv
+from ingest.provisioning.staging import Stage
+from ingest.store.db import Database
 
 HEADER = "Email,First Name,Last Name,Middle Name,Staff Id,Title,Role,Buildings,Deleted\r\n"
 GOOD = (
@@ -24,19 +27,39 @@ def codes(tmp_path: Path, content: bytes, **limits: object) -> tuple[list[str], 
     return sorted({f.code for f in report.errors}), sorted({w.code for w in report.warnings})
 
 
-def test_a_good_file_streams_its_rows(tmp_path: Path) -> None:
+def stage_file(tmp_path: Path, content: bytes) -> tuple[ValidationReport, list[tuple[Any, ...]]]:
+    """Validate against an empty account store; returns the report and the staged rows."""
     path = tmp_path / "users.csv"
-    path.write_bytes(
-        b"\xef\xbb\xbf" + (HEADER + GOOD + "Bob@Example.org,Bob,Ray,,,,,,yes\n").encode()
-    )
-    rows: list[UserRow] = []
-    report = validate_users_csv(path, on_row=rows.append)
-    assert not report.errors and report.rows == report.valid_rows == 2
-    assert rows[0].assignments == (
-        ("Special Education Teacher", ("North Elementary", "South Elementary")),
-        ("Literacy Teacher", ("South Elementary",)),
-    )
-    assert rows[1].email == "bob@example.org" and rows[1].deleted
+    path.write_bytes(content)
+    database = Database(f"sqlite:///{tmp_path}/state.db")
+    database.migrate()
+    with database.connect() as conn:
+        report = validate_users_csv(path, stage=Stage(conn, "d"))
+        rows = conn.execute(
+            "SELECT line, email, action, roles, buildings FROM staged ORDER BY line"
+        ).fetchall()
+    return report, [tuple(r) for r in rows]
+
+
+def test_a_good_file_stages_its_rows(tmp_path: Path) -> None:
+    cy = GOOD.replace("ann", "cy").replace(",A1,", ",C3,")
+    content = HEADER + GOOD + "Bob@Example.org,Bob,Ray,,,,,,yes\n" + cy
+    report, rows = stage_file(tmp_path, b"\xef\xbb\xbf" + content.encode())
+    assert not report.errors and report.rows == report.valid_rows == 3
+    roles = "Special Education Teacher;Literacy Teacher"
+    buildings = "North Elementary,South Elementary;South Elementary"
+    # Bob is marked Deleted and has no account: nothing to do, nothing staged
+    assert rows == [
+        (2, "ann@example.org", "create", roles, buildings),
+        (4, "cy@example.org", "create", roles, buildings),
+    ]
+
+
+def test_roles_and_buildings_are_stored_tidy(tmp_path: Path) -> None:
+    row = 'ann@example.org,Ann,Lee,,,, Teacher ; Coach ," North , South,,;Gym ",\r\n'
+    report, rows = stage_file(tmp_path, (HEADER + row).encode())
+    assert not report.errors
+    assert rows == [(2, "ann@example.org", "create", "Teacher;Coach", "North,South;Gym")]
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 from ingest.config import Config
 from ingest.epochs import files as epoch_files
-from ingest.epochs.handoff import ClaimedEpoch, FileInfo, Finding, Outcome, Processor
+from ingest.epochs.handoff import ClaimedEpoch, FileInfo, Finding, Outcome
+from ingest.epochs.isolation import ProcessorDied, ProcessorRunner
 from ingest.epochs.ledger import EpochRecord, Ledger
 from ingest.epochs.names import MARKER
 from ingest.epochs.policy import EpochPolicy, EpochRegistry
@@ -89,9 +90,7 @@ class FinishedFiles:
 class EpochService:
     """Implements the SFTP layer's event handler and upload policy; owns the epoch flow."""
 
-    def __init__(
-        self, config: Config, database: Database, processor: Processor, open_uploads: OpenUploads
-    ) -> None:
+    def __init__(self, config: Config, database: Database, open_uploads: OpenUploads) -> None:
         self.config = config
         self.settings = config.epochs
         # Absolute and free of links, like the SFTP layer's paths (Chroot resolves its
@@ -101,7 +100,7 @@ class EpochService:
         self.staging_dir = Path(os.path.realpath(config.staging_dir))
         self.ledger = Ledger(database)
         self.database = database
-        self.processor = processor
+        self.runner = ProcessorRunner(config, database, self.ledger)
         self.open_uploads = open_uploads
         self.log = get_logger("ingest.epochs")
         self.registry = EpochRegistry()
@@ -110,8 +109,8 @@ class EpochService:
         # Publishing comes in bursts (a session that uploaded many epochs closes); its own
         # threads keep detection and claims of other districts from queueing behind it.
         self._publish_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-pub")
-        # Processing may be CPU-heavy (CSV validation); its own threads keep file
-        # scans responsive meanwhile.
+        # Threads that wait for the processor (in a child process by default, see
+        # isolation.py); their own pool keeps file scans from queueing behind them.
         self._process_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-proc")
         self._state_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-state")
         self._finished = FinishedFiles()
@@ -183,6 +182,7 @@ class EpochService:
             worker.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         self._process_pool.shutdown(wait=True)
+        await self._io(self.runner.shutdown)
         self._state_pool.shutdown(wait=True)
         self._publish_pool.shutdown(wait=True)
         self._io_pool.shutdown(wait=True)
@@ -585,6 +585,11 @@ class EpochService:
         outcome, error = await asyncio.get_running_loop().run_in_executor(
             self._process_pool, self._archive_and_apply, record
         )
+        if error is not None and "interrupted" in error:
+            self.log.warning(
+                "epoch.interrupted", district=record.district, epoch=record.name, **error
+            )
+            return
         if error is not None:
             self.log.error("epoch.failed", district=record.district, epoch=record.name, **error)
             return
@@ -593,7 +598,7 @@ class EpochService:
             f"epoch.{outcome.status}",
             district=record.district,
             epoch=record.name,
-            processor=self.processor.name,
+            processor=self.runner.processor.name,
             summary=outcome.summary,
             errors=len(outcome.errors),
             warnings=len(outcome.warnings),
@@ -632,9 +637,17 @@ class EpochService:
             record.approved,
         )
         try:
-            with self.database.connect() as conn:
-                outcome = self.processor.process(epoch, conn)
-                self.ledger.finish(conn, district, name, outcome)
+            outcome = self.runner.run(epoch)
+        except ProcessorDied as exc:
+            if self._stopping:  # a signal to the whole process group: the next start redoes it
+                return Outcome("failed", message="interrupted"), {"interrupted": repr(exc)}
+            outcome = Outcome(
+                "failed",
+                errors=(Finding("processor_error", f"the server failed while processing: {exc}"),),
+                message="server error",
+            )
+            self.ledger.fail(district, name, outcome)
+            return outcome, {"error": repr(exc), "traceback": traceback.format_exc()}
         except Exception as exc:  # the transaction rolled back: nothing of it was applied
             outcome = Outcome(
                 "failed",
@@ -708,12 +721,3 @@ class EpochService:
             state=record.state,
             path=f"/{PROCESSED}/{target.name}",
         )
-
-
-def make_processor(config: Config) -> Processor:
-    from ingest.provisioning.filenames import FileNameProcessor
-    from ingest.provisioning.processor import ProvisioningProcessor
-
-    if config.epochs.processor == "filenames":
-        return FileNameProcessor()
-    return ProvisioningProcessor(config.provisioning)

@@ -14,25 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ingest.provisioning.csvapi import UserRow
-
 MODES = ("upsert", "full-sync")
-FIELDS = ("first_name", "last_name", "middle_name", "staff_id", "title", "assignments")
+# The account's columns a users.csv row sets (besides the key, ``email``). Roles and
+# buildings are kept in the CSV API's own syntax, tidied: ``Role`` "A;B" and
+# ``Buildings`` "x,y;z", one group per role.
+FIELDS = ("first_name", "last_name", "middle_name", "staff_id", "title", "roles", "buildings")
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def row_values(row: UserRow) -> dict[str, str]:
-    return {
-        "first_name": row.first_name,
-        "last_name": row.last_name,
-        "middle_name": row.middle_name,
-        "staff_id": row.staff_id,
-        "title": row.title,
-        "assignments": json.dumps([[role, list(b)] for role, b in row.assignments]),
-    }
 
 
 @dataclass(frozen=True)
@@ -74,7 +64,6 @@ def export_rows(conn: sqlite3.Connection, district: str) -> Iterator[dict[str, s
         "SELECT * FROM accounts WHERE district = ? AND status = 'active' ORDER BY email",
         (district,),
     ):
-        assignments = json.loads(row["assignments"])
         yield {
             "Email": row["email"],
             "First Name": row["first_name"],
@@ -82,8 +71,8 @@ def export_rows(conn: sqlite3.Connection, district: str) -> Iterator[dict[str, s
             "Middle Name": row["middle_name"],
             "Staff Id": row["staff_id"],
             "Title": row["title"],
-            "Role": ";".join(role for role, _ in assignments),
-            "Buildings": ";".join(",".join(b) for _, b in assignments),
+            "Role": row["roles"],
+            "Buildings": row["buildings"],
             "Deleted": "",
         }
 

@@ -1,9 +1,12 @@
 """The generic CSV API for users.csv: streaming validation with a code for every mistake.
 
-The file is read line by line (never loaded whole), so memory stays flat whatever its size,
-except for the sets that detect duplicate keys. Every finding carries a stable code, the
-line, the column, an excerpt of the value and a message that says what to do. File-level
-findings reject the file; row-level findings skip the row (see docs/csv-api.md).
+The file goes through one ``csv.reader`` (never loaded whole) after a quick binary pass
+that finds the encoding problems a text reader cannot place (line and byte offset). Valid
+rows go to a :class:`~ingest.provisioning.staging.Stage`, a table in SQLite, which also
+finds duplicate keys: the memory used stays flat whatever the file's size. Every finding
+carries a stable code, the line, the column, an excerpt of the value and a message that
+says what to do. File-level findings reject the file; row-level findings skip the row
+(see docs/csv-api.md).
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from difflib import get_close_matches
+from operator import itemgetter
 from pathlib import Path
 
 from ingest.epochs.handoff import Finding
+from ingest.provisioning.staging import BATCH, Stage, StagedRow
 
 FILE_NAME = "users.csv"
 REQUIRED = ("Email", "First Name", "Last Name")
@@ -32,9 +37,13 @@ MAX_LENGTHS = {
 TRUE_VALUES = frozenset({"true", "yes", "y", "1"})
 FALSE_VALUES = frozenset({"", "false", "no", "n", "0"})
 _DELETED_VALUES = TRUE_VALUES | FALSE_VALUES
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
-_STAFF_ID = re.compile(r"^[A-Za-z0-9]+$")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]{2,}")
+_STAFF_ID = re.compile(r"[A-Za-z0-9]+")
 _EXCERPT = 60
+_CHUNK = 1 << 20
+_Getter = Callable[[list[str]], tuple[str, ...]]  # a row's COLUMNS, in order
+# csv's own cap on one field; a longer one is almost always a quote that never closes
+_CSV_FIELD_LIMIT = csv.field_size_limit()
 
 
 @dataclass(frozen=True)
@@ -43,19 +52,6 @@ class Limits:
     max_field_length: int = 1000
     max_bad_row_share: float = 0.05
     max_findings: int = 10_000  # beyond this only counts are kept
-
-
-@dataclass(frozen=True)
-class UserRow:
-    line: int
-    email: str
-    first_name: str
-    last_name: str
-    middle_name: str
-    staff_id: str
-    title: str
-    assignments: tuple[tuple[str, tuple[str, ...]], ...]  # (role, buildings)
-    deleted: bool
 
 
 @dataclass
@@ -67,7 +63,6 @@ class ValidationReport:
     row_errors: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
     dropped_findings: int = 0
-    skipped_keys: set[str] = field(default_factory=set)  # e-mails of skipped rows
     unkeyed_bad_rows: int = 0  # skipped rows whose e-mail could not be read
 
     @property
@@ -117,20 +112,14 @@ def meant_column(header: str) -> str | None:
 
 class _Validator:
     def __init__(
-        self,
-        limits: Limits,
-        buildings: frozenset[str] | None,
-        on_row: Callable[[UserRow], None] | None,
-        file: str,
+        self, limits: Limits, buildings: frozenset[str] | None, stage: Stage, file: str
     ) -> None:
         self.limits = limits
         self.buildings = buildings
-        self.on_row = on_row
+        self.stage = stage
         self.file = file
         self.report = ValidationReport()
-        self.emails: dict[str, int] = {}
         self.width = 0  # fields per row, from the header
-        self.staff_ids: dict[str, int] = {}
 
     # --- findings --------------------------------------------------------------------
 
@@ -173,11 +162,32 @@ class _Validator:
     ) -> None:
         self._add(self.report.warnings, code, message, line, column, value)
 
-    # --- reading ---------------------------------------------------------------------
+    def bad_row(
+        self,
+        code: str,
+        message: str,
+        line: int,
+        column: str | None = None,
+        value: str | None = None,
+        key: str = "",
+    ) -> None:
+        self.skipped(key)
+        self._add(self.report.row_errors, code, message, line, column, value)
 
-    def lines(self, path: Path) -> Iterator[tuple[int, str]]:
-        """(line number, text) of each physical line, decoded; file-level problems are
-        recorded and end the iteration."""
+    def skipped(self, key: str) -> None:
+        """Count a skipped row; remember its e-mail (a full sync must not delete the
+        account of a row that was only skipped for an error)."""
+        self.report.bad_rows += 1
+        if key:
+            self.stage.keep(key.lower())
+        else:
+            self.report.unkeyed_bad_rows += 1
+
+    # --- the bytes -------------------------------------------------------------------
+
+    def check_bytes(self, path: Path) -> int | None:
+        """File-level problems of the raw bytes; returns the line of the first encoding
+        problem (0 when the file cannot be read as text at all), None when all is well."""
         size = path.stat().st_size
         if size == 0:
             self.file_error(
@@ -185,95 +195,105 @@ class _Validator:
                 f"{self.file} is empty; export it again with a "
                 "header row and at least one data row",
             )
-            return
+            return 0
         if size > self.limits.max_file_bytes:
             self.file_error(
                 "file_too_large",
                 f"{self.file} is {size} bytes; the limit is {self.limits.max_file_bytes} bytes",
             )
-            return
+            return 0
         with path.open("rb") as fh:
-            offset = 0
-            for number, raw in enumerate(fh, start=1):
-                if number == 1:
-                    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or raw[1:2] == b"\x00":
-                        self.file_error(
-                            "encoding_utf16",
-                            f"{self.file} is UTF-16 (Excel's 'Unicode Text'); save it from "
-                            "Excel as 'CSV UTF-8 (Comma delimited) (*.csv)'",
-                            line=1,
-                        )
-                        return
-                    if raw.startswith(b"\xef\xbb\xbf"):
-                        raw, offset = raw[3:], 3
-                if b"\x00" in raw:
-                    self.file_error(
-                        "nul_bytes",
-                        f"line {number} contains NUL bytes: this is "
-                        "not a text CSV file; export it again as CSV UTF-8",
-                        line=number,
-                    )
-                    return
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    bad = raw[exc.start : exc.end + 2].hex(" ")
-                    self.file_error(
-                        "encoding_invalid",
-                        f"line {number} is not UTF-8 (byte offset {offset + exc.start} in the "
-                        f"file, bytes {bad}); this usually means Windows-1252 from Excel: "
-                        "save as 'CSV UTF-8 (Comma delimited) (*.csv)'",
-                        line=number,
-                        value=bad,
-                    )
-                    return
-                offset += len(raw)
-                yield number, text.rstrip("\r\n")
+            head = fh.read(4)
+            if head.startswith((b"\xff\xfe", b"\xfe\xff")) or head[1:2] == b"\x00":
+                self.file_error(
+                    "encoding_utf16",
+                    f"{self.file} is UTF-16 (Excel's 'Unicode Text'); save it from "
+                    "Excel as 'CSV UTF-8 (Comma delimited) (*.csv)'",
+                    line=1,
+                )
+                return 0
+            # Whole lines per chunk: a UTF-8 sequence never contains a newline byte.
+            fh.seek(3 if head.startswith(b"\xef\xbb\xbf") else 0)
+            offset, lines, carry = fh.tell(), 1, b""
+            while chunk := fh.read(_CHUNK):
+                chunk = carry + chunk
+                cut = chunk.rfind(b"\n") + 1 if len(chunk) >= _CHUNK else len(chunk)
+                chunk, carry = chunk[:cut], chunk[cut:]
+                if not chunk:
+                    continue
+                line = self._check_chunk(chunk, offset, lines)
+                if line is not None:
+                    return line
+                offset += len(chunk)
+                lines += chunk.count(b"\n")
+            if carry:
+                return self._check_chunk(carry, offset, lines)
+        return None
 
-    # --- validation ------------------------------------------------------------------
+    def _check_chunk(self, chunk: bytes, offset: int, first_line: int) -> int | None:
+        nul = chunk.find(b"\x00")
+        try:
+            chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if nul == -1 or exc.start < nul:
+                line = first_line + chunk.count(b"\n", 0, exc.start)
+                bad = chunk[exc.start : exc.end + 2].hex(" ")
+                self.file_error(
+                    "encoding_invalid",
+                    f"line {line} is not UTF-8 (byte offset {offset + exc.start} in the "
+                    f"file, bytes {bad}); this usually means Windows-1252 from Excel: "
+                    "save as 'CSV UTF-8 (Comma delimited) (*.csv)'",
+                    line=line,
+                    value=bad,
+                )
+                return line
+        if nul != -1:
+            line = first_line + chunk.count(b"\n", 0, nul)
+            self.file_error(
+                "nul_bytes",
+                f"line {line} contains NUL bytes: this is "
+                "not a text CSV file; export it again as CSV UTF-8",
+                line=line,
+            )
+            return line
+        return None
+
+    # --- the text --------------------------------------------------------------------
 
     def run(self, path: Path) -> ValidationReport:
-        lines = self.lines(path)
-        header = next(lines, None)
-        if header is None:
+        bad_line = self.check_bytes(path)
+        if bad_line == 0:
             return self.report
-        columns = self.header(*header)
-        if columns is None:
-            for _ in lines:  # keep scanning for file-level encoding problems
-                pass
-            return self.report
-        pending: tuple[int, str] | None = None
-        for number, text in lines:
-            if pending is not None:  # a quoted field went on over a line break
-                start, joined = pending
-                joined += "\n" + text
-                if _quote_open(joined):
-                    pending = (start, joined)
-                    continue
-                pending = None
-                self.report.rows += 1
-                self.bad_row(
-                    "newline_in_field",
-                    "a field contains a line break; fields "
-                    "must be on one line (remove line breaks from the cell)",
-                    start,
-                )
-                continue
-            if not text.strip():
-                continue  # blank lines (Excel leaves them at the end) are not rows
-            if _quote_open(text):
-                pending = (number, text)
-                continue
-            self.report.rows += 1
-            self.row(number, text, columns)
-        if pending is not None:
-            self.report.rows += 1
+        with path.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
+            reader = csv.reader(fh, strict=True)
+            try:
+                header = next(reader, None)
+            except csv.Error:
+                header = None
+                self.file_error("quote_unbalanced", "the header row has an unbalanced quote", 1)
+            if header is None or bad_line is not None:
+                if header is not None and bad_line != 1:
+                    self.header(header)  # its problems are worth knowing too
+                return self.report
+            if reader.line_num != 1:
+                self.file_error("newline_in_field", "the header row contains a line break", 1)
+                return self.report
+            getter = self.header(header)
+            if getter is None:
+                return self.report
+            self.rows(reader, getter)
+        for dup in self.stage.duplicates():
+            name = "e-mail" if dup.column == "Email" else dup.column
+            self.report.valid_rows -= 1
             self.bad_row(
-                "quote_unbalanced",
-                "a quote opened here is never closed; quote "
-                'fields as "..." and double quotes inside them',
-                pending[0],
+                dup.code,
+                f"{name} {dup.value} also appears on line {dup.first_line}; each account once",
+                dup.line,
+                dup.column,
+                dup.value,
+                key=dup.email,
             )
+        self.report.row_errors.sort(key=lambda f: f.line or 0)
         if not self.report.file_errors and self.report.rows == 0:
             self.file_error("no_data_rows", f"{self.file} has a header but no data rows")
         rows = self.report.rows
@@ -287,20 +307,17 @@ class _Validator:
             )
         return self.report
 
-    def header(self, number: int, text: str) -> dict[str, int] | None:
-        fields = _parse(text)
-        if fields is None:
-            self.file_error(
-                "quote_unbalanced", "the header row has an unbalanced quote", number, text
-            )
-            return None
+    def header(self, fields: list[str]) -> _Getter | None:
+        """Check the header; on success, a getter of the row's COLUMNS in order (a
+        missing optional column reads the empty field appended to every row)."""
+        text = ",".join(fields)
         if len(fields) == 1 and any(sep in text for sep in ("\t", ";")):
             kind = "tab" if "\t" in text else "semicolon"
             self.file_error(
                 "delimiter_invalid",
                 f"the file is {kind}-separated; the CSV API uses commas (in Excel: "
                 "'CSV UTF-8 (Comma delimited)')",
-                number,
+                1,
                 text,
             )
             return None
@@ -309,9 +326,7 @@ class _Validator:
         for index, name in enumerate(fields):
             if name in COLUMNS:
                 if name in columns:
-                    self.file_error(
-                        "column_duplicate", f"column {name!r} appears twice", number, name
-                    )
+                    self.file_error("column_duplicate", f"column {name!r} appears twice", 1, name)
                 columns[name] = index
                 continue
             meant = meant_column(name)
@@ -320,14 +335,14 @@ class _Validator:
                     "column_misnamed",
                     f"column {name!r} should be named exactly "
                     f"{meant!r} (headers are exact and case sensitive)",
-                    number,
+                    1,
                     name,
                 )
             else:
                 self.warn(
                     "column_unknown",
                     f"column {name!r} is not part of the CSV API and was ignored",
-                    number,
+                    1,
                     value=name,
                 )
         for required in REQUIRED:
@@ -339,105 +354,156 @@ class _Validator:
                     "column_missing",
                     f"required column {required!r} is missing; "
                     f"the header must include {', '.join(REQUIRED)}",
-                    number,
+                    1,
                 )
-        return None if self.report.file_errors else columns
+        if self.report.file_errors:
+            return None
+        getter: _Getter = itemgetter(*[columns.get(name, self.width) for name in COLUMNS])
+        return getter
 
-    def bad_row(
-        self,
-        code: str,
-        message: str,
-        line: int,
-        column: str | None = None,
-        value: str | None = None,
-        key: str = "",
-    ) -> None:
-        self._skipped(key)
-        self._add(self.report.row_errors, code, message, line, column, value)
+    def rows(self, reader: Iterator[list[str]], getter: _Getter) -> None:
+        """The hot loop: a row that passes the inline checks is staged as it is; any
+        other goes through :meth:`check_values`, which names every problem."""
+        report, width, known = self.report, self.width, self.buildings
+        longest = self.limits.max_field_length
+        email_ok = _EMAIL.fullmatch
+        deleted_values, true_values = _DELETED_VALUES, TRUE_VALUES
+        batch: list[StagedRow] = []
+        line_num = reader.line_num  # type: ignore[attr-defined]
+        rows = 0  # counted in a local (this loop runs once per row), added at the end
+        while True:
+            start = line_num + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                line_num = reader.line_num  # type: ignore[attr-defined]
+                rows += 1
+                self.quote_error(str(exc), start)
+                if report.file_errors:
+                    break  # the rest of the file cannot be read reliably
+                continue
+            line_num = reader.line_num  # type: ignore[attr-defined]
+            if len(fields) != width:
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue  # blank lines (Excel leaves them at the end) are not rows
+                rows += 1
+                if line_num != start:
+                    self.newline_in_field(start)
+                    continue
+                self.bad_row(
+                    "row_length",
+                    f"this row has {len(fields)} fields, the header has "
+                    f"{width}; check for unquoted commas",
+                    start,
+                    value=",".join(fields),
+                )
+                continue
+            rows += 1
+            if line_num != start:
+                self.newline_in_field(start)
+                continue
+            fields.append("")
+            email, first, last, middle, staff, title, role, buildings, deleted = map(
+                str.strip, getter(fields)
+            )
+            if (
+                first
+                and last
+                and len(first) <= 100
+                and len(last) <= 100
+                and len(middle) <= 100
+                and len(title) <= 200
+                and len(email) <= 254
+                and email_ok(email)
+                and (not staff or (len(staff) <= 20 and staff.isascii() and staff.isalnum()))
+                and (not deleted or deleted.lower() in deleted_values)
+                and (not role or (buildings and role.count(";") == buildings.count(";")))
+                and len(role) <= longest
+                and len(buildings) <= longest
+                and len(deleted) <= longest
+                and (known is None or not buildings or self.all_known(buildings))
+            ):
+                batch.append(
+                    (
+                        start,
+                        email.lower(),
+                        first,
+                        last,
+                        middle,
+                        staff,
+                        title,
+                        role,
+                        buildings,
+                        1 if deleted and deleted.lower() in true_values else 0,
+                    )
+                )
+                if len(batch) >= BATCH:
+                    self.stage.add_many(batch)
+                    report.valid_rows += len(batch)
+                    batch = []
+                continue
+            value = dict(
+                zip(
+                    COLUMNS,
+                    (email, first, last, middle, staff, title, role, buildings, deleted),
+                    strict=True,
+                )
+            )
+            self.bad_values(start, value)
+        report.rows += rows
+        if not report.file_errors:
+            self.stage.add_many(batch)
+            report.valid_rows += len(batch)
 
-    def _skipped(self, key: str) -> None:
-        """Count a skipped row; remember its e-mail (a full sync must not delete the
-        account of a row that was only skipped for an error)."""
-        self.report.bad_rows += 1
-        if key:
-            self.report.skipped_keys.add(key.lower())
+    def quote_error(self, error: str, line: int) -> None:
+        if "unexpected end of data" in error:
+            self.bad_row(
+                "quote_unbalanced",
+                "a quote opened here is never closed; quote "
+                'fields as "..." and double quotes inside them',
+                line,
+            )
+        elif "field larger than field limit" in error:
+            self.file_error(
+                "quote_unbalanced",
+                f"a field starting on line {line} runs on for more than "
+                f"{_CSV_FIELD_LIMIT} characters: a quote opened there is probably never "
+                'closed; quote fields as "..." and double quotes inside them',
+                line,
+            )
         else:
-            self.report.unkeyed_bad_rows += 1
-
-    def row(self, number: int, text: str, columns: dict[str, int]) -> None:
-        fields = _parse(text)
-        if fields is None:
             self.bad_row(
                 "quote_unbalanced",
                 "a quote in this row is not balanced; quote "
                 'fields as "..." and double quotes inside them',
-                number,
-                value=text,
+                line,
             )
-            return
-        if len(fields) != self.width:
-            self.bad_row(
-                "row_length",
-                f"this row has {len(fields)} fields, the header has "
-                f"{self.width}; check for unquoted commas",
-                number,
-                value=text,
-            )
-            return
-        value = {name: fields[index].strip() for name, index in columns.items()}
+
+    def newline_in_field(self, line: int) -> None:
+        self.bad_row(
+            "newline_in_field",
+            "a field contains a line break; fields "
+            "must be on one line (remove line breaks from the cell)",
+            line,
+        )
+
+    def all_known(self, buildings: str) -> bool:
+        assert self.buildings is not None
+        return all(
+            not b or b in self.buildings
+            for group in buildings.split(";")
+            for b in (name.strip() for name in group.split(","))
+        )
+
+    def bad_values(self, line: int, value: dict[str, str]) -> None:
         problems = list(self.check_values(value))
-        if problems:
-            self._skipped(value.get("Email", ""))
-            for code, message, column in problems:
-                self._add(
-                    self.report.row_errors,
-                    code,
-                    message,
-                    number,
-                    column,
-                    value.get(column, "") if column else None,
-                )
-            return
-        email = value["Email"].lower()
-        first = self.emails.setdefault(email, number)
-        if first != number:
-            self.bad_row(
-                "key_duplicate",
-                f"e-mail {email} also appears on line {first}; each account once",
-                number,
-                "Email",
-                email,
-                key=email,
-            )
-            return
-        staff_id = value.get("Staff Id", "")
-        if staff_id:
-            seen = self.staff_ids.setdefault(staff_id, number)
-            if seen != number:
-                self.bad_row(
-                    "staff_id_duplicate",
-                    f"Staff Id {staff_id} also appears on line {seen}",
-                    number,
-                    "Staff Id",
-                    staff_id,
-                    key=email,
-                )
-                return
-        self.report.valid_rows += 1
-        if self.on_row is not None:
-            self.on_row(
-                UserRow(
-                    number,
-                    email,
-                    value["First Name"],
-                    value["Last Name"],
-                    value.get("Middle Name", ""),
-                    staff_id,
-                    value.get("Title", ""),
-                    _assignments(value.get("Role", ""), value.get("Buildings", "")),
-                    value.get("Deleted", "").lower() in TRUE_VALUES,
-                )
-            )
+        if not problems:  # cannot happen: the inline checks are a subset of these
+            raise AssertionError(f"line {line} failed the inline checks only")
+        self.skipped(value["Email"] if _EMAIL.fullmatch(value["Email"]) else "")
+        for code, message, column in problems:
+            self._add(self.report.row_errors, code, message, line, column, value[column])
 
     def check_values(self, value: dict[str, str]) -> Iterator[tuple[str, str, str]]:
         for name, text in value.items():
@@ -445,23 +511,22 @@ class _Validator:
             if len(text) > limit:
                 yield "value_too_long", f"{name} is {len(text)} characters; at most {limit}", name
         for name in REQUIRED:
-            if not value.get(name):
+            if not value[name]:
                 yield "value_required", f"{name} is required", name
-        email = value.get("Email", "")
+        email = value["Email"]
         if email and not _EMAIL.fullmatch(email):
             yield "value_invalid", f"{email!r} is not an e-mail address", "Email"
-        staff_id = value.get("Staff Id", "")
+        staff_id = value["Staff Id"]
         if staff_id and not _STAFF_ID.fullmatch(staff_id):
             yield "value_invalid", "Staff Id must be letters and digits only", "Staff Id"
-        deleted = value.get("Deleted", "").lower()
-        if deleted not in _DELETED_VALUES:
+        if value["Deleted"].lower() not in _DELETED_VALUES:
             yield (
                 "value_invalid",
-                f"Deleted must be true/false, yes/no, y/n or 1/0, not {value.get('Deleted')!r}",
+                f"Deleted must be true/false, yes/no, y/n or 1/0, not {value['Deleted']!r}",
                 "Deleted",
             )
-        roles = [r.strip() for r in value.get("Role", "").split(";")] if value.get("Role") else []
-        groups = value.get("Buildings", "").split(";") if value.get("Buildings") else []
+        roles = value["Role"].split(";") if value["Role"] else []
+        groups = value["Buildings"].split(";") if value["Buildings"] else []
         if roles and len(groups) != len(roles):
             yield (
                 "roles_buildings_mismatch",
@@ -483,48 +548,15 @@ class _Validator:
                         )
 
 
-def _assignments(role: str, buildings: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    if not role:
-        return ()
-    roles = [r.strip() for r in role.split(";")]
-    groups = buildings.split(";")
-    return tuple(
-        (r, tuple(b.strip() for b in g.split(",") if b.strip()))
-        for r, g in zip(roles, groups, strict=True)
-    )
-
-
-def _quote_open(text: str) -> bool:
-    """True when ``text`` ends inside a quoted field (RFC 4180: "" is a quote inside)."""
-    if text.count('"') % 2 == 0:
-        return False  # fast path: quoted fields hold an even number of quotes
-    inside = False
-    field_start = True
-    just_closed = False
-    for char in text:
-        if inside:
-            if char == '"':
-                inside, just_closed = False, True
-            continue
-        if char == '"' and (field_start or just_closed):
-            inside = True
-        field_start = char == ","
-        just_closed = False
-    return inside
-
-
-def _parse(text: str) -> list[str] | None:
-    try:
-        return next(csv.reader([text], strict=True))
-    except (csv.Error, StopIteration):
-        return None
-
-
 def validate_users_csv(
     path: Path,
     limits: Limits | None = None,
     buildings: frozenset[str] | None = None,
-    on_row: Callable[[UserRow], None] | None = None,
+    stage: Stage | None = None,
 ) -> ValidationReport:
-    """Validate one users.csv; ``on_row`` receives each valid row as it is read."""
-    return _Validator(limits or Limits(), buildings, on_row, path.name).run(path)
+    """Validate one users.csv, staging its valid rows in ``stage`` (by default a private
+    one, thrown away: offline validation touches no state)."""
+    if stage is not None:
+        return _Validator(limits or Limits(), buildings, stage, path.name).run(path)
+    with Stage.private() as private:
+        return _Validator(limits or Limits(), buildings, private, path.name).run(path)

@@ -10,7 +10,7 @@ import sqlite3
 
 from ingest.config import ProvisioningConfig
 from ingest.epochs.handoff import ClaimedEpoch, Finding, Outcome
-from ingest.provisioning.accounts import get_settings, now
+from ingest.provisioning.accounts import DistrictSettings, get_settings, now
 from ingest.provisioning.csvapi import FILE_NAME, Limits, validate_users_csv
 from ingest.provisioning.filenames import check_file_names
 from ingest.provisioning.staging import Stage
@@ -41,12 +41,23 @@ class ProvisioningProcessor:
                 message="the epoch's files do not follow the CSV API; nothing was changed",
             )
         district = get_settings(conn, epoch.district)
-        path = epoch.directory / FILE_NAME
-
-        # One pass: validate, staging the valid rows in a TEMP table of this transaction.
         stage = Stage(conn, epoch.district)
-        report = validate_users_csv(path, self.limits, district.buildings, stage.add)
-        stage.flush()
+        try:
+            return self._validate_and_apply(epoch, district, stage, warnings)
+        finally:
+            stage.release()
+
+    def _validate_and_apply(
+        self,
+        epoch: ClaimedEpoch,
+        district: DistrictSettings,
+        stage: Stage,
+        warnings: list[Finding],
+    ) -> Outcome:
+        # One pass: validate, classifying and staging rows in TEMP tables of this connection.
+        report = validate_users_csv(
+            epoch.directory / FILE_NAME, self.limits, district.buildings, stage
+        )
         warnings += report.warnings
         summary = {"rows": report.rows, "skipped": report.bad_rows}
         if report.rejected:
@@ -71,8 +82,6 @@ class ProvisioningProcessor:
                     FILE_NAME,
                 )
             )
-        if full_sync:
-            stage.keep(report.skipped_keys)
         active = stage.active_count()
         deleting, _ = stage.deleting(full_sync)
         share, minimum = self.settings.deletion_share, self.settings.deletion_min
@@ -97,7 +106,7 @@ class ProvisioningProcessor:
                 message=f"held: it would delete {deleting} accounts",
             )
 
-        counts = stage.apply(epoch.name, now(), full_sync)
+        counts = stage.apply(epoch.name, now(), full_sync, report.valid_rows)
         return Outcome(
             "applied",
             {**summary, **counts},

@@ -1,57 +1,227 @@
-"""Set-based apply: one validation pass stages the valid rows, SQL does the rest.
+"""Set-based apply: the validation pass classifies each row once; SQL does the rest.
 
-Validating twice (once to decide a hold before anything is written, once to apply) and
-one SELECT per row made a 1M-row apply take ~47 s (docs/performance.md). Here the rows go
-once into a TEMP table in batches; the hold check is a few COUNTs; creations and
-deletions are single INSERT ... SELECT / UPDATE statements; only rows that really change
-come back to Python. Same semantics as the per-row ``Applier``.
+Rows arrive in batches from the validator, in file order. For each batch one query reads
+the district's accounts for those e-mails from a small covering index (e-mail, digest,
+status); a row whose digest equals its account's is unchanged and goes no further. Only
+rows that create, update, reactivate or delete an account are staged with their values.
+Every row's e-mail and Staff Id go to a narrow ``keys`` table, where a GROUP BY finds
+duplicates after the last row: no per-row set lives in Python memory, so memory stays flat
+whatever the file's size. The hold check is a few COUNTs; creations are single
+INSERT ... SELECT statements in key order; only changed rows come back to Python.
+
+Why this shape (docs/performance.md): staging every row with all its values and joining
+1M staged rows against 1M accounts cost 3-4 s per join, because SQLite walked one side
+in key order and fetched the other at random.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
 
 from ingest.provisioning.accounts import FIELDS as _FIELDS
-from ingest.provisioning.accounts import row_values
-from ingest.provisioning.csvapi import UserRow
 
-BATCH = 5000
+# Rows per batch from the validator: one probe query each. Larger batches probe the
+# index with better locality (5,000: 3.8 s per 1M rows, 20,000: 2.8 s); each holds about
+# 15 MB of row tuples. SQLite allows 32,766 bound variables per statement.
+BATCH = 20_000
+# (line, email, first_name, last_name, middle_name, staff_id, title, roles, buildings, deleted)
+StagedRow = tuple[int, str, str, str, str, str, str, str, str, int]
 _COLS = ", ".join(_FIELDS)
-_CHANGED = " OR ".join(f"a.{f} IS NOT s.{f}" for f in _FIELDS)
+_FEW = 10_000  # created accounts below which their change log is not read by a scan
 _AFTER = "json_object(" + ", ".join(f"'{f}', s.{f}" for f in _FIELDS) + ")"
+# Page caches while an epoch is processed (KiB); larger ones measured no faster (the
+# OS caches the files too) and cost RSS. Both are released after the epoch (``release``),
+# so an idle worker thread holds little.
+MAIN_CACHE_KIB = 32 * 1024
+TEMP_CACHE_KIB = 32 * 1024
+
+
+def digest(values: tuple[str, ...]) -> int:
+    """A 63-bit fingerprint of a row's values as the file has them (CRC-32 and Adler-32
+    of their UTF-8), stored with the account: an equal fingerprint means the row changes
+    nothing. Two checksums instead of a cryptographic hash because this runs once per
+    row (0.3 us against 1.1 us for MD5); a collision would only delay an update to the
+    account's next change. Taken before roles and buildings are tidied, so the hot path
+    never tidies: the same file always gives the same fingerprint."""
+    data = "\x1f".join(values).encode()
+    return zlib.crc32(data) << 31 ^ zlib.adler32(data)
+
+
+def tidy_roles(role: str) -> str:
+    """Role names as stored: trimmed around the ``;`` separators."""
+    return ";".join(r.strip() for r in role.split(";")) if role else ""
+
+
+def tidy_buildings(buildings: str) -> str:
+    """Building groups as stored: names trimmed, empty names dropped, one group per role."""
+    if not buildings:
+        return ""
+    return ";".join(
+        ",".join(name for name in (b.strip() for b in group.split(",")) if name)
+        for group in buildings.split(";")
+    )
+
+
+class Duplicate(NamedTuple):
+    """A row whose key (or Staff Id) an earlier row already has: it is skipped."""
+
+    line: int
+    code: str  # key_duplicate or staff_id_duplicate
+    column: str
+    value: str
+    first_line: int
+    email: str
 
 
 class Stage:
-    """The epoch's valid rows in a TEMP table of this connection, plus skipped e-mails."""
+    """One epoch's rows in TEMP tables of ``conn``. TEMP tables belong to the
+    connection, so stages on different connections (the worker threads' own) never see
+    each other. With ``district=None`` (offline validation) rows are only checked for
+    duplicates: there is no account store to compare them with."""
 
-    def __init__(self, conn: sqlite3.Connection, district: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, district: str | None) -> None:
         self.conn = conn
         self.district = district
-        self._batch: list[tuple[object, ...]] = []
+        self._kept: list[tuple[str]] = []
+        conn.execute(f"PRAGMA main.cache_size = -{MAIN_CACHE_KIB}")
+        conn.execute(f"PRAGMA temp.cache_size = -{TEMP_CACHE_KIB}")
+        for table in ("keys", "staged", "kept"):
+            conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        # The hashes (Python's, stable within this process) make the duplicate checks
+        # sort integers instead of strings; the texts confirm a match.
         conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS staged (email TEXT PRIMARY KEY, {_COLS},"
-            " deleted INTEGER NOT NULL) WITHOUT ROWID"
+            "CREATE TEMP TABLE keys (line INTEGER PRIMARY KEY, email TEXT NOT NULL,"
+            " email_hash INTEGER NOT NULL, staff_id TEXT NOT NULL, staff_id_hash INTEGER NOT NULL)"
         )
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS kept (email TEXT PRIMARY KEY) WITHOUT ROWID")
-        conn.execute("DELETE FROM staged")
-        conn.execute("DELETE FROM kept")
+        # action: create, update (also reactivates a deleted account) or delete
+        conn.execute(
+            "CREATE TEMP TABLE staged (line INTEGER PRIMARY KEY, email TEXT NOT NULL,"
+            f" action TEXT NOT NULL, {_COLS}, digest INTEGER NOT NULL)"
+        )
+        conn.execute("CREATE TEMP TABLE kept (email TEXT PRIMARY KEY) WITHOUT ROWID")
+        self._probe = (
+            "SELECT email, digest, status FROM accounts INDEXED BY accounts_by_digest"
+            " WHERE district = ? AND email IN ({})"
+        )
 
-    def add(self, row: UserRow) -> None:
-        self._batch.append((row.email, *row_values(row).values(), int(row.deleted)))
-        if len(self._batch) >= BATCH:
-            self.flush()
+    @classmethod
+    @contextmanager
+    def private(cls) -> Iterator[Stage]:
+        """A stage on a throwaway temporary database (offline validation)."""
+        conn = sqlite3.connect("", isolation_level=None)
+        try:
+            conn.execute("BEGIN")
+            yield cls(conn, None)
+        finally:
+            conn.close()
 
-    def flush(self) -> None:
-        if self._batch:
-            marks = ", ".join("?" for _ in range(len(_FIELDS) + 2))
-            self.conn.executemany(f"INSERT INTO staged VALUES ({marks})", self._batch)
-            self._batch.clear()
+    def release(self) -> None:
+        """Give back the page caches (the connection outlives the epoch)."""
+        for table in ("keys", "staged", "kept"):
+            self.conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        self.conn.execute("PRAGMA main.cache_size = -2000")
+        self.conn.execute("PRAGMA temp.cache_size = -2000")
+        self.conn.execute("PRAGMA shrink_memory")
 
-    def keep(self, emails: Iterable[str]) -> None:
-        """E-mails of rows skipped for errors: a full sync must not delete them."""
-        self.conn.executemany("INSERT OR IGNORE INTO kept VALUES (?)", [(e,) for e in emails])
+    # --- rows ----------------------------------------------------------------------------
+
+    def add_many(self, rows: list[StagedRow]) -> None:
+        """Valid rows, in file order: keys always; values only when they change an
+        account."""
+        if not rows:
+            return
+        conn = self.conn
+        conn.executemany(
+            "INSERT INTO keys VALUES (?, ?, ?, ?, ?)",
+            [(r[0], r[1], hash(r[1]), r[5], hash(r[5]) if r[5] else 0) for r in rows],
+        )
+        if self.district is None:
+            return
+        emails = [r[1] for r in rows]
+        accounts = {
+            email: (fingerprint, status)
+            for email, fingerprint, status in conn.execute(
+                self._probe.format(", ".join("?" * len(emails))), (self.district, *emails)
+            )
+        }
+        staged = []
+        for row in rows:
+            found = accounts.get(row[1])
+            if row[9]:  # marked Deleted: deletes an active account, else changes nothing
+                if found is not None and found[1] == "active":
+                    staged.append((row[0], row[1], "delete", *row[2:7], "", "", 0))
+                continue
+            fingerprint = digest(row[2:9])
+            if found is None or found[0] != fingerprint or found[1] != "active":
+                staged.append(
+                    (
+                        row[0],
+                        row[1],
+                        "create" if found is None else "update",
+                        *row[2:7],
+                        tidy_roles(row[7]),
+                        tidy_buildings(row[8]),
+                        fingerprint,
+                    )
+                )
+        if staged:
+            marks = ", ".join("?" * (len(_FIELDS) + 4))
+            conn.executemany(f"INSERT INTO staged VALUES ({marks})", staged)
+
+    def keep(self, email: str) -> None:
+        """The e-mail of a row skipped for errors: a full sync must not delete it."""
+        self._kept.append((email,))
+        if len(self._kept) >= BATCH:
+            self._flush_kept()
+
+    def _flush_kept(self) -> None:
+        self.conn.executemany("INSERT OR IGNORE INTO kept VALUES (?)", self._kept)
+        self._kept.clear()
+
+    def duplicates(self) -> list[Duplicate]:
+        """Find and unstage the rows whose e-mail, then whose Staff Id, an earlier row
+        has (the earlier row stays); called once, after the last row. Duplicates are
+        rare, so each check is one GROUP BY over integers in the narrow ``keys`` table;
+        only rows whose hash repeats are read back."""
+        found = self._repeated("email", "key_duplicate", "Email")
+        self._unstage(found)
+        staff = self._repeated("staff_id", "staff_id_duplicate", "Staff Id")
+        self._unstage(staff)
+        return sorted(found + staff)
+
+    def _repeated(self, column: str, code: str, header: str) -> list[Duplicate]:
+        hashes = [
+            h
+            for (h,) in self.conn.execute(
+                f"SELECT {column}_hash FROM keys WHERE {column} != ''"
+                f" GROUP BY {column}_hash HAVING COUNT(*) > 1"
+            )
+        ]
+        if not hashes:
+            return []
+        first: dict[str, int] = {}
+        found = []
+        for line, value, email in self.conn.execute(
+            f"SELECT line, {column}, email FROM keys WHERE {column}_hash IN"
+            " (SELECT value FROM json_each(?)) ORDER BY line",
+            (json.dumps(hashes),),
+        ):
+            earlier = first.setdefault(value, line)
+            if earlier != line:
+                found.append(Duplicate(line, code, header, value, earlier, email))
+        return found
+
+    def _unstage(self, rows: list[Duplicate]) -> None:
+        """Forget duplicate rows: the staff-id check and the full sync only look at the
+        rows that stay."""
+        lines = [(d.line,) for d in rows]
+        self.conn.executemany("DELETE FROM keys WHERE line = ?", lines)
+        self.conn.executemany("DELETE FROM staged WHERE line = ?", lines)
 
     # --- the hold check ---------------------------------------------------------------
 
@@ -64,19 +234,18 @@ class Stage:
         )
 
     def _deleting_query(self, full_sync: bool) -> str:
-        marked = (
-            "SELECT a.email FROM staged s JOIN accounts a ON a.district = :d AND"
-            " a.email = s.email WHERE s.deleted = 1 AND a.status = 'active'"
-        )
+        marked = "SELECT email FROM staged WHERE action = 'delete'"
         if not full_sync:
             return marked
         return marked + (
-            " UNION SELECT a.email FROM accounts a WHERE a.district = :d AND"
-            " a.status = 'active' AND a.email NOT IN (SELECT email FROM staged)"
+            " UNION ALL SELECT a.email FROM accounts a WHERE a.district = :d AND"
+            " a.status = 'active' AND a.email NOT IN (SELECT email FROM keys)"
             " AND a.email NOT IN (SELECT email FROM kept)"
         )
 
     def deleting(self, full_sync: bool, limit: int | None = None) -> tuple[int, list[str]]:
+        """How many active accounts this epoch deletes, and the first ``limit`` of them."""
+        self._flush_kept()
         query = self._deleting_query(full_sync)
         count = self.conn.execute(
             f"SELECT COUNT(*) FROM ({query})", {"d": self.district}
@@ -95,82 +264,89 @@ class Stage:
 
     # --- applying -----------------------------------------------------------------------
 
-    def apply(self, epoch: str, now: str, full_sync: bool) -> dict[str, int]:
+    def apply(self, epoch: str, now: str, full_sync: bool, valid_rows: int) -> dict[str, int]:
+        """Apply the staged rows (and, for a full sync, the absences); returns the counts.
+        ``valid_rows`` is the number of rows that were not skipped."""
         conn, d = self.conn, self.district
+        params = {"d": d, "e": epoch, "now": now}
         counts = {"created": 0, "updated": 0, "deleted": 0, "reactivated": 0, "unchanged": 0}
-        staged_live = conn.execute("SELECT COUNT(*) FROM staged WHERE deleted = 0").fetchone()[0]
-        staged_marked = conn.execute("SELECT COUNT(*) FROM staged WHERE deleted = 1").fetchone()[0]
-        marked_active, _ = self.deleting(full_sync=False)  # rows marked Deleted that delete
         # Deletions first, while "active" still means before this epoch.
         deleting = self._deleting_query(full_sync)
+        marked = conn.execute("SELECT COUNT(*) FROM staged WHERE action = 'delete'").fetchone()[0]
         conn.execute(
             "INSERT INTO account_changes (district, epoch, email, action, before, after, at)"
             f" SELECT :d, :e, email, 'deleted', '{{\"status\": \"active\"}}',"
             f' \'{{"status": "deleted"}}\', :now FROM ({deleting})',
-            {"d": d, "e": epoch, "now": now},
+            params,
         )
         counts["deleted"] = conn.execute(
             "UPDATE accounts SET status = 'deleted', deleted_at = :now, updated_at = :now,"
             f" epoch = :e WHERE district = :d AND email IN ({deleting})",
-            {"d": d, "e": epoch, "now": now},
+            params,
         ).rowcount
         # Rows that change an existing account: few, so diffed in Python.
         changed = conn.execute(
             f"SELECT s.email, a.status, {', '.join('a.' + f for f in _FIELDS)},"
-            f" {', '.join('s.' + f for f in _FIELDS)} FROM staged s JOIN accounts a"
-            f" ON a.district = ? AND a.email = s.email WHERE s.deleted = 0"
-            f" AND (a.status = 'deleted' OR {_CHANGED})",
-            (d,),
+            f" {', '.join('s.' + f for f in _FIELDS)}, s.digest FROM staged s JOIN accounts a"
+            " ON a.district = :d AND a.email = s.email WHERE s.action = 'update'",
+            params,
         ).fetchall()
         n = len(_FIELDS)
         logs, updates = [], []
         for row in changed:
             old = dict(zip(_FIELDS, row[2 : 2 + n], strict=True))
-            new = dict(zip(_FIELDS, row[2 + n :], strict=True))
-            action = "reactivated" if row[1] == "deleted" else "updated"
+            new = dict(zip(_FIELDS, row[2 + n : 2 + 2 * n], strict=True))
             diff_old = {k: v for k, v in old.items() if new[k] != v}
-            logs.append(
-                (
-                    d,
-                    epoch,
-                    row[0],
-                    action,
-                    json.dumps(diff_old),
-                    json.dumps({k: new[k] for k in diff_old}),
-                    now,
+            action = "reactivated" if row[1] == "deleted" else "updated" if diff_old else ""
+            if action:  # else only the stored digest was stale (an account from before it)
+                logs.append(
+                    (
+                        d,
+                        epoch,
+                        row[0],
+                        action,
+                        json.dumps(diff_old),
+                        json.dumps({k: new[k] for k in diff_old}),
+                        now,
+                    )
                 )
-            )
-            updates.append((*new.values(), now, epoch, d, row[0]))
-            counts[action] += 1
+                counts[action] += 1
+            updates.append((*new.values(), row[-1], now, epoch, d, row[0]))
         conn.executemany(
             "INSERT INTO account_changes (district, epoch, email, action, before, after, at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             logs,
         )
         conn.executemany(
-            "UPDATE accounts SET first_name = ?, last_name = ?, middle_name = ?, staff_id = ?,"
-            " title = ?, assignments = ?, status = 'active', deleted_at = NULL,"
-            " updated_at = ?, epoch = ? WHERE district = ? AND email = ?",
+            f"UPDATE accounts SET {', '.join(f + ' = ?' for f in _FIELDS)}, digest = ?,"
+            " status = 'active', deleted_at = NULL, updated_at = ?, epoch = ?"
+            " WHERE district = ? AND email = ?",
             updates,
         )
-        # New accounts, in key order so the B-tree grows at its end.
-        new_rows = (
-            "FROM staged s WHERE s.deleted = 0 AND NOT EXISTS (SELECT 1 FROM accounts"
-            " a WHERE a.district = :d AND a.email = s.email)"
-        )
-        conn.execute(
-            "INSERT INTO account_changes (district, epoch, email, action, before, after, at)"
-            f" SELECT :d, :e, s.email, 'created', NULL, {_AFTER}, :now {new_rows}"
-            " ORDER BY s.email",
-            {"d": d, "e": epoch, "now": now},
-        )
+        # New accounts, in key order so the B-trees grow at their ends; then their
+        # change-log rows, read back in key order from the accounts just created: a scan
+        # of the district when there are many (cheaper than sorting the staged rows a
+        # second time), a lookup per account when there are few.
         counts["created"] = conn.execute(
-            f"INSERT INTO accounts (district, email, {_COLS}, status, created_at, updated_at,"
-            f" epoch) SELECT :d, s.email, {', '.join('s.' + f for f in _FIELDS)}, 'active',"
-            f" :now, :now, :e {new_rows} ORDER BY s.email",
-            {"d": d, "e": epoch, "now": now},
+            f"INSERT INTO accounts (district, email, {_COLS}, digest, status, created_at,"
+            f" updated_at, epoch) SELECT :d, s.email, {', '.join('s.' + f for f in _FIELDS)},"
+            " s.digest, 'active', :now, :now, :e FROM staged s WHERE s.action = 'create'"
+            " ORDER BY s.email",
+            params,
         ).rowcount
+        if counts["created"]:
+            conn.execute(
+                "INSERT INTO account_changes (district, epoch, email, action, before, after,"
+                f" at) SELECT :d, :e, s.email, 'created', NULL, {_AFTER}, :now FROM accounts s"
+                " WHERE s.district = :d AND s.epoch = :e AND s.created_at = :now"
+                + (
+                    ""
+                    if counts["created"] > _FEW
+                    else " AND s.email IN (SELECT email FROM staged WHERE action = 'create')"
+                ),
+                params,
+            )
         counts["unchanged"] = (
-            staged_live - counts["created"] - counts["updated"] - counts["reactivated"]
-        ) + (staged_marked - marked_active)
+            valid_rows - counts["created"] - counts["updated"] - counts["reactivated"] - marked
+        )
         return counts

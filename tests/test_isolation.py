@@ -1,0 +1,82 @@
+"""Where the processor runs: a child process by default (its death applies nothing and the
+epoch can be redone), or a thread of the daemon on request."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from tests.clients import paramiko_client
+from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon, wait_until
+from tests.test_provisioning import export
+
+HEADER = "Email,First Name,Last Name,Staff Id\r\n"
+
+
+def processing_children(daemon: Daemon) -> list[int]:
+    """PIDs of the daemon's processing children (multiprocessing's spawn workers, not its
+    resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # gone meanwhile
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == daemon.proc.pid and "spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def put_epoch(daemon: Daemon, district: Credentials, epoch: str, content: str) -> None:
+    with paramiko_client(daemon, district) as client:
+        sftp = client.open_sftp()
+        sftp.mkdir(f"/upload/{epoch}")
+        with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
+            fh.set_pipelined(True)
+            fh.write(content.encode())
+        with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
+            pass
+
+
+def test_a_killed_processing_child_applies_nothing_and_the_epoch_can_be_redone(
+    tmp_path: Path,
+) -> None:
+    rows = "".join(f"user{i}@example.org,User,{i},S{i}\r\n" for i in range(150_000))
+    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
+        district = daemon.add_district()
+        epoch = "20260501-020000"
+        put_epoch(daemon, district, epoch, HEADER + rows)
+        daemon.wait_for("epoch.claimed", district=district.name, epoch=epoch)
+        child = wait_until(lambda: processing_children(daemon), 30, "a processing child")[0]
+        assert child != daemon.proc.pid
+        os.kill(child, signal.SIGKILL)  # mid-apply: the import alone takes longer than this
+
+        failed = daemon.wait_for("epoch.failed", district=district.name, epoch=epoch)
+        assert "exited before it finished" in failed["error"]
+        daemon.wait_for("epoch.published", district=district.name, epoch=epoch)
+        report = daemon.root(district.name) / "upload-processed" / epoch / "report.json"
+        assert json.loads(report.read_text())["status"] == "failed"
+        assert export(daemon, district.name) == []  # the transaction died with the child
+
+        # A fresh child takes the reprocessed epoch; every account arrives exactly once.
+        daemon.cli("epochs", "reprocess", district.name, epoch, check=True)
+        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=epoch)
+        assert applied["summary"]["created"] == 150_000
+        assert len(export(daemon, district.name)) == 150_000
+
+
+def test_thread_isolation_processes_inside_the_daemon(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, epochs_isolation="thread", **FAST_EPOCHS) as daemon:
+        district = daemon.add_district()
+        epoch = "20260501-020000"
+        put_epoch(daemon, district, epoch, HEADER + "ann@example.org,Ann,Lee,\r\n")
+        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=epoch)
+        assert applied["summary"]["created"] == 1
+        assert processing_children(daemon) == []
+        assert [row["Email"] for row in export(daemon, district.name)] == ["ann@example.org"]
