@@ -199,3 +199,83 @@ def test_validate_command(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert [e["code"] for e in json.loads(bad.stdout)["errors"]] == ["file_misnamed"]
+
+
+def test_an_encoding_error_far_into_the_file_is_located_exactly(tmp_path: Path) -> None:
+    """The binary pass reads 1 MiB chunks; the line and byte offset must not depend on
+    where a chunk ends."""
+    rows = [f"user{i}@example.org,User,{i},,,,,,\r\n" for i in range(60_000)]  # ~2.2 MB
+    bad = "ren\xe9@example.org,Ren\xe9,Lee,,,,,,\r\n".encode("cp1252")
+    before = (HEADER + "".join(rows[:40_000])).encode()
+    path = tmp_path / "users.csv"
+    path.write_bytes(before + bad + "".join(rows[40_000:]).encode())
+    report = validate_users_csv(path)
+    [error] = report.file_errors
+    assert error.code == "encoding_invalid" and error.line == 40_002
+    assert f"byte offset {len(before) + 3} " in error.message and error.value == "e9 40 65"
+
+
+def test_a_runaway_quote_in_a_large_file_rejects_it(tmp_path: Path) -> None:
+    """Past csv's 128 KiB field limit the rest of the file cannot be read reliably."""
+    many = "".join(f"user{i}@example.org,User,{i},,,,,,\r\n" for i in range(10_000))
+    content = HEADER + 'ann@example.org,"Ann,Lee,,,,,,\r\n' + many
+    errors, _ = codes(tmp_path, content.encode())
+    assert errors == ["quote_unbalanced"]
+
+
+def test_a_database_from_before_roles_and_buildings_is_migrated(tmp_path: Path) -> None:
+    """Migration 5 turns the JSON assignments of existing accounts into the CSV API's
+    syntax (and digests start at 0: the next apply refreshes them)."""
+    from ingest.store import db as store_db
+
+    database = Database(f"sqlite:///{tmp_path}/state.db")
+    migrations = store_db._MIGRATIONS
+    store_db._MIGRATIONS = migrations[:4]
+    try:
+        database.migrate()
+    finally:
+        store_db._MIGRATIONS = migrations
+    assignments = {
+        "a@x.org": [["T", ["N", "S"]], ["L", ["S"]]],
+        "b@x.org": [],
+        "c@x.org": [["T", []], ["X", ["Q"]]],
+    }
+    with database.connect() as conn:
+        for email, value in assignments.items():
+            conn.execute(
+                "INSERT INTO accounts (district, email, first_name, last_name, assignments,"
+                " status, created_at, updated_at, epoch) VALUES ('d', ?, 'F', 'L', ?, 'active',"
+                " 't', 't', 'e')",
+                (email, json.dumps(value)),
+            )
+    assert database.migrate() == len(migrations)
+    with database.read() as conn:
+        rows = conn.execute("SELECT email, roles, buildings, digest FROM accounts ORDER BY 1")
+        assert [tuple(r) for r in rows] == [
+            ("a@x.org", "T;L", "N,S;S", 0),
+            ("b@x.org", "", "", 0),
+            ("c@x.org", "T;X", ";Q", 0),
+        ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # row-level findings of every kind, duplicates among them, and a warning
+        HEADER.replace("\r\n", ",Shoe Size\r\n")
+        + GOOD.replace("\r\n", ",42\r\n")
+        + "ANN@example.org,Ann,Twin,,,,,,,1\r\nzed@example.org,Z,Z,,A1,,,,,1\r\n"
+        + "bad,X,Y,,,,,,,1\r\nshort@example.org,S\r\n"
+        + 'q@example.org,"Q\r\nQ",Q,,,,,,,1\r\nr@example.org,"R"r,R,,,,,,,1\r\n'
+        + "".join(f"u{i}@example.org,U,{i},,S{i},,,,yes,1\r\n" for i in range(300)),
+        # a file-level error found by the binary pass
+        (HEADER + GOOD).replace("ann", "ren\udce9").encode("utf-8", "surrogateescape"),
+    ],
+)
+def test_the_reader_process_gives_the_same_report(tmp_path: Path, content: str | bytes) -> None:
+    path = tmp_path / "users.csv"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    alone = validate_users_csv(path, Limits())
+    in_parallel = validate_users_csv(path, Limits(parallel_min_bytes=0))
+    assert in_parallel == alone
+    assert alone.errors  # the cases are not vacuous

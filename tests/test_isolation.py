@@ -48,7 +48,9 @@ def test_a_killed_processing_child_applies_nothing_and_the_epoch_can_be_redone(
     tmp_path: Path,
 ) -> None:
     rows = "".join(f"user{i}@example.org,User,{i},S{i}\r\n" for i in range(150_000))
-    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
+    # parallel_min_bytes=0: the file is also read by a second process (pipeline.py), which
+    # must go down with the child without leaving anything applied
+    with run_daemon(tmp_path, provisioning_parallel_min_bytes=0, **FAST_EPOCHS) as daemon:
         district = daemon.add_district()
         epoch = "20260501-020000"
         put_epoch(daemon, district, epoch, HEADER + rows)
@@ -61,7 +63,9 @@ def test_a_killed_processing_child_applies_nothing_and_the_epoch_can_be_redone(
         assert "exited before it finished" in failed["error"]
         daemon.wait_for("epoch.published", district=district.name, epoch=epoch)
         report = daemon.root(district.name) / "upload-processed" / epoch / "report.json"
-        assert json.loads(report.read_text())["status"] == "failed"
+        published = json.loads(report.read_text())
+        assert published["status"] == "failed"
+        assert [e["code"] for e in published["errors"]] == ["processor_error"]
         assert export(daemon, district.name) == []  # the transaction died with the child
 
         # A fresh child takes the reprocessed epoch; every account arrives exactly once.
@@ -80,3 +84,14 @@ def test_thread_isolation_processes_inside_the_daemon(tmp_path: Path) -> None:
         assert applied["summary"]["created"] == 1
         assert processing_children(daemon) == []
         assert [row["Email"] for row in export(daemon, district.name)] == ["ann@example.org"]
+
+
+def test_processing_children_do_not_outlive_a_killed_daemon(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
+        district = daemon.add_district()
+        put_epoch(daemon, district, "20260501-020000", HEADER + "ann@example.org,Ann,Lee,\r\n")
+        daemon.wait_for("epoch.applied", district=district.name)
+        [child] = processing_children(daemon)
+        daemon.proc.kill()
+        daemon.proc.wait()
+        wait_until(lambda: not Path(f"/proc/{child}").exists(), 10, "the child to exit")

@@ -190,3 +190,26 @@ def test_building_list_and_file_level_rejection(
     assert utf16["status"] == "rejected"
     assert [e["code"] for e in utf16["errors"]] == ["encoding_utf16"]
     assert "bob@example.org" not in {r["Email"] for r in export(daemon, district.name)}
+
+
+def test_full_sync_never_deletes_for_a_skipped_row(daemon: Daemon, district: Credentials) -> None:
+    everyone = "".join(f"r{i}@example.org,R,{i},,,,\r\n" for i in range(40))
+    upload(daemon, district, "20260407-020000", HEADER + everyone)
+    daemon.cli("district", "set-mode", district.name, "full-sync")
+    # r0's row lacks its first name (skipped: its account stays); r39 is absent (deleted)
+    kept = "".join(f"r{i}@example.org,R,{i},,,,\r\n" for i in range(1, 39))
+    report = upload(
+        daemon, district, "20260407-030000", HEADER + "r0@example.org,,0,,,,\r\n" + kept
+    )
+    assert report["status"] == "applied"
+    assert report["counts"]["skipped"] == 1 and report["counts"]["deleted"] == 1
+    emails = {r["Email"] for r in export(daemon, district.name)}
+    assert "r0@example.org" in emails and "r39@example.org" not in emails
+    # A row whose e-mail is not an address could be anyone's: no deletions by absence.
+    fewer = "".join(f"r{i}@example.org,R,{i},,,,\r\n" for i in range(1, 30))
+    report = upload(
+        daemon, district, "20260407-040000", HEADER + "r0-at-example,R,0,,,,\r\n" + fewer
+    )
+    assert report["status"] == "applied" and report["counts"]["deleted"] == 0
+    assert "full_sync_skipped" in {w["code"] for w in report["warnings"]}
+    assert len(export(daemon, district.name)) == 39

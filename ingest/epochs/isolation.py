@@ -14,6 +14,8 @@ the child dies, SQLite rolls the transaction back and nothing of the epoch was a
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
@@ -64,11 +66,22 @@ def _start_child(config: Config) -> None:
     global _child
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, daemon=True, name="parent-watch").start()
     from ingest.logging import configure_logging
 
     configure_logging(config.logging)
     database = Database(config.database_url)
     _child = (database, Ledger(database), make_processor(config))
+
+
+def _exit_with_parent() -> None:
+    """A child must not outlive a daemon that was killed: it would wait for work forever
+    (it holds both ends of its task queue, so it never sees the parent go). An epoch it
+    was applying is rolled back with it and redone by the next start."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
 
 
 def _apply_in_child(epoch: ClaimedEpoch) -> Outcome:

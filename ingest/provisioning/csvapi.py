@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from difflib import get_close_matches
 from operator import itemgetter
 from pathlib import Path
+from typing import Protocol
 
 from ingest.epochs.handoff import Finding
 from ingest.provisioning.staging import BATCH, Stage, StagedRow
@@ -52,6 +53,9 @@ class Limits:
     max_field_length: int = 1000
     max_bad_row_share: float = 0.05
     max_findings: int = 10_000  # beyond this only counts are kept
+    # Files at least this large are read in a second process while this one applies
+    # (ingest/provisioning/pipeline.py); below it a process start costs more than it saves.
+    parallel_min_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass
@@ -112,11 +116,11 @@ def meant_column(header: str) -> str | None:
 
 class _Validator:
     def __init__(
-        self, limits: Limits, buildings: frozenset[str] | None, stage: Stage, file: str
+        self, limits: Limits, buildings: frozenset[str] | None, sink: RowSink, file: str
     ) -> None:
         self.limits = limits
         self.buildings = buildings
-        self.stage = stage
+        self.sink = sink
         self.file = file
         self.report = ValidationReport()
         self.width = 0  # fields per row, from the header
@@ -179,7 +183,7 @@ class _Validator:
         account of a row that was only skipped for an error)."""
         self.report.bad_rows += 1
         if key:
-            self.stage.keep(key.lower())
+            self.sink.keep(key.lower())
         else:
             self.report.unkeyed_bad_rows += 1
 
@@ -260,10 +264,15 @@ class _Validator:
 
     # --- the text --------------------------------------------------------------------
 
-    def run(self, path: Path) -> ValidationReport:
+    def run(self, path: Path, stage: Stage) -> ValidationReport:
+        return self.finish(stage) if self.scan(path) else self.report
+
+    def scan(self, path: Path) -> bool:
+        """The pass over the file; False when a file-level problem ended it early (the
+        report is then complete), True when :meth:`finish` must follow."""
         bad_line = self.check_bytes(path)
         if bad_line == 0:
-            return self.report
+            return False
         with path.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
             reader = csv.reader(fh, strict=True)
             try:
@@ -274,15 +283,21 @@ class _Validator:
             if header is None or bad_line is not None:
                 if header is not None and bad_line != 1:
                     self.header(header)  # its problems are worth knowing too
-                return self.report
+                return False
             if reader.line_num != 1:
                 self.file_error("newline_in_field", "the header row contains a line break", 1)
-                return self.report
+                return False
             getter = self.header(header)
             if getter is None:
-                return self.report
+                return False
             self.rows(reader, getter)
-        for dup in self.stage.duplicates():
+        return True
+
+    def finish(self, stage: Stage) -> ValidationReport:
+        """After the pass: duplicate keys (found by the stage), then the file-level
+        verdicts that need every row counted."""
+        self.sink = stage  # skipped duplicates' e-mails go to the stage too
+        for dup in stage.duplicates():
             name = "e-mail" if dup.column == "Email" else dup.column
             self.report.valid_rows -= 1
             self.bad_row(
@@ -440,7 +455,7 @@ class _Validator:
                     )
                 )
                 if len(batch) >= BATCH:
-                    self.stage.add_many(batch)
+                    self.sink.add_many(batch)
                     report.valid_rows += len(batch)
                     batch = []
                 continue
@@ -454,7 +469,7 @@ class _Validator:
             self.bad_values(start, value)
         report.rows += rows
         if not report.file_errors:
-            self.stage.add_many(batch)
+            self.sink.add_many(batch)
             report.valid_rows += len(batch)
 
     def quote_error(self, error: str, line: int) -> None:
@@ -548,6 +563,15 @@ class _Validator:
                         )
 
 
+class RowSink(Protocol):
+    """Where the validator's pass puts valid rows and the e-mails of skipped rows: a
+    :class:`Stage`, or the pipe of :mod:`ingest.provisioning.pipeline`."""
+
+    def add_many(self, rows: list[StagedRow]) -> None: ...
+
+    def keep(self, email: str) -> None: ...
+
+
 def validate_users_csv(
     path: Path,
     limits: Limits | None = None,
@@ -556,7 +580,15 @@ def validate_users_csv(
 ) -> ValidationReport:
     """Validate one users.csv, staging its valid rows in ``stage`` (by default a private
     one, thrown away: offline validation touches no state)."""
-    if stage is not None:
-        return _Validator(limits or Limits(), buildings, stage, path.name).run(path)
-    with Stage.private() as private:
-        return _Validator(limits or Limits(), buildings, private, path.name).run(path)
+    limits = limits or Limits()
+    if stage is None:
+        with Stage.private() as private:
+            return validate_users_csv(path, limits, buildings, private)
+    if path.stat().st_size >= limits.parallel_min_bytes:
+        from ingest.provisioning.pipeline import scan_in_parallel
+
+        report, scanned = scan_in_parallel(path, limits, buildings, stage)
+        validator = _Validator(limits, buildings, stage, path.name)
+        validator.report = report
+        return validator.finish(stage) if scanned else report
+    return _Validator(limits, buildings, stage, path.name).run(path, stage)
