@@ -131,10 +131,6 @@ class ProvisioningConfig:
     # than deletion_min accounts is held for an operator (ingest epochs approve|discard).
     deletion_share: float = field(default=0.10, metadata=_check(_non_negative))
     deletion_min: int = field(default=5, metadata=_check(_non_negative))
-    # A users.csv at least this large (bytes) is read and validated in a second process
-    # while the first applies it: two cores instead of one. 0 = always; set it above
-    # max_file_bytes on a single-core machine to never do it.
-    parallel_min_bytes: int = field(default=8 * 1024 * 1024, metadata=_check(_non_negative))
 
 
 @dataclass(frozen=True)

@@ -256,26 +256,3 @@ def test_a_database_from_before_roles_and_buildings_is_migrated(tmp_path: Path) 
             ("b@x.org", "", "", 0),
             ("c@x.org", "T;X", ";Q", 0),
         ]
-
-
-@pytest.mark.parametrize(
-    "content",
-    [
-        # row-level findings of every kind, duplicates among them, and a warning
-        HEADER.replace("\r\n", ",Shoe Size\r\n")
-        + GOOD.replace("\r\n", ",42\r\n")
-        + "ANN@example.org,Ann,Twin,,,,,,,1\r\nzed@example.org,Z,Z,,A1,,,,,1\r\n"
-        + "bad,X,Y,,,,,,,1\r\nshort@example.org,S\r\n"
-        + 'q@example.org,"Q\r\nQ",Q,,,,,,,1\r\nr@example.org,"R"r,R,,,,,,,1\r\n'
-        + "".join(f"u{i}@example.org,U,{i},,S{i},,,,yes,1\r\n" for i in range(300)),
-        # a file-level error found by the binary pass
-        (HEADER + GOOD).replace("ann", "ren\udce9").encode("utf-8", "surrogateescape"),
-    ],
-)
-def test_the_reader_process_gives_the_same_report(tmp_path: Path, content: str | bytes) -> None:
-    path = tmp_path / "users.csv"
-    path.write_bytes(content.encode() if isinstance(content, str) else content)
-    alone = validate_users_csv(path, Limits())
-    in_parallel = validate_users_csv(path, Limits(parallel_min_bytes=0))
-    assert in_parallel == alone
-    assert alone.errors  # the cases are not vacuous

@@ -48,9 +48,7 @@ def test_a_killed_processing_child_applies_nothing_and_the_epoch_can_be_redone(
     tmp_path: Path,
 ) -> None:
     rows = "".join(f"user{i}@example.org,User,{i},S{i}\r\n" for i in range(150_000))
-    # parallel_min_bytes=0: the file is also read by a second process (pipeline.py), which
-    # must go down with the child without leaving anything applied
-    with run_daemon(tmp_path, provisioning_parallel_min_bytes=0, **FAST_EPOCHS) as daemon:
+    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
         district = daemon.add_district()
         epoch = "20260501-020000"
         put_epoch(daemon, district, epoch, HEADER + rows)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from difflib import get_close_matches
 from operator import itemgetter
 from pathlib import Path
-from typing import Protocol
 
 from ingest.epochs.handoff import Finding
 from ingest.provisioning.staging import BATCH, Stage, StagedRow
@@ -53,9 +52,6 @@ class Limits:
     max_field_length: int = 1000
     max_bad_row_share: float = 0.05
     max_findings: int = 10_000  # beyond this only counts are kept
-    # Files at least this large are read in a second process while this one applies
-    # (ingest/provisioning/pipeline.py); below it a process start costs more than it saves.
-    parallel_min_bytes: int = 8 * 1024 * 1024
 
 
 @dataclass
@@ -116,11 +112,11 @@ def meant_column(header: str) -> str | None:
 
 class _Validator:
     def __init__(
-        self, limits: Limits, buildings: frozenset[str] | None, sink: RowSink, file: str
+        self, limits: Limits, buildings: frozenset[str] | None, stage: Stage, file: str
     ) -> None:
         self.limits = limits
         self.buildings = buildings
-        self.sink = sink
+        self.stage = stage
         self.file = file
         self.report = ValidationReport()
         self.width = 0  # fields per row, from the header
@@ -183,7 +179,7 @@ class _Validator:
         account of a row that was only skipped for an error)."""
         self.report.bad_rows += 1
         if key:
-            self.sink.keep(key.lower())
+            self.stage.keep(key.lower())
         else:
             self.report.unkeyed_bad_rows += 1
 
@@ -264,8 +260,8 @@ class _Validator:
 
     # --- the text --------------------------------------------------------------------
 
-    def run(self, path: Path, stage: Stage) -> ValidationReport:
-        return self.finish(stage) if self.scan(path) else self.report
+    def run(self, path: Path) -> ValidationReport:
+        return self.finish() if self.scan(path) else self.report
 
     def scan(self, path: Path) -> bool:
         """The pass over the file; False when a file-level problem ended it early (the
@@ -293,11 +289,10 @@ class _Validator:
             self.rows(reader, getter)
         return True
 
-    def finish(self, stage: Stage) -> ValidationReport:
+    def finish(self) -> ValidationReport:
         """After the pass: duplicate keys (found by the stage), then the file-level
         verdicts that need every row counted."""
-        self.sink = stage  # skipped duplicates' e-mails go to the stage too
-        for dup in stage.duplicates():
+        for dup in self.stage.duplicates():
             name = "e-mail" if dup.column == "Email" else dup.column
             self.report.valid_rows -= 1
             self.bad_row(
@@ -455,7 +450,7 @@ class _Validator:
                     )
                 )
                 if len(batch) >= BATCH:
-                    self.sink.add_many(batch)
+                    self.stage.add_many(batch)
                     report.valid_rows += len(batch)
                     batch = []
                 continue
@@ -469,7 +464,7 @@ class _Validator:
             self.bad_values(start, value)
         report.rows += rows
         if not report.file_errors:
-            self.sink.add_many(batch)
+            self.stage.add_many(batch)
             report.valid_rows += len(batch)
 
     def quote_error(self, error: str, line: int) -> None:
@@ -563,15 +558,6 @@ class _Validator:
                         )
 
 
-class RowSink(Protocol):
-    """Where the validator's pass puts valid rows and the e-mails of skipped rows: a
-    :class:`Stage`, or the pipe of :mod:`ingest.provisioning.pipeline`."""
-
-    def add_many(self, rows: list[StagedRow]) -> None: ...
-
-    def keep(self, email: str) -> None: ...
-
-
 def validate_users_csv(
     path: Path,
     limits: Limits | None = None,
@@ -580,15 +566,7 @@ def validate_users_csv(
 ) -> ValidationReport:
     """Validate one users.csv, staging its valid rows in ``stage`` (by default a private
     one, thrown away: offline validation touches no state)."""
-    limits = limits or Limits()
-    if stage is None:
-        with Stage.private() as private:
-            return validate_users_csv(path, limits, buildings, private)
-    if path.stat().st_size >= limits.parallel_min_bytes:
-        from ingest.provisioning.pipeline import scan_in_parallel
-
-        report, scanned = scan_in_parallel(path, limits, buildings, stage)
-        validator = _Validator(limits, buildings, stage, path.name)
-        validator.report = report
-        return validator.finish(stage) if scanned else report
-    return _Validator(limits, buildings, stage, path.name).run(path, stage)
+    if stage is not None:
+        return _Validator(limits or Limits(), buildings, stage, path.name).run(path)
+    with Stage.private() as private:
+        return _Validator(limits or Limits(), buildings, private, path.name).run(path)

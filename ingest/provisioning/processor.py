@@ -27,7 +27,6 @@ class ProvisioningProcessor:
             max_file_bytes=settings.max_file_bytes,
             max_field_length=settings.max_field_length,
             max_bad_row_share=settings.max_bad_row_share,
-            parallel_min_bytes=settings.parallel_min_bytes,
         )
 
     def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection) -> Outcome:

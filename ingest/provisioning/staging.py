@@ -52,25 +52,6 @@ def digest(values: tuple[str, ...]) -> int:
     return zlib.crc32(data) << 31 ^ zlib.adler32(data)
 
 
-class Batch(NamedTuple):
-    """Valid rows with what staging them needs computed: pure Python, so that the reader
-    process of a large file (pipeline.py) does it, not the process holding the database.
-    The key hashes are Python's (seeded per process): every batch of one epoch must be
-    prepared by the same process, which is how both paths work."""
-
-    rows: list[StagedRow]
-    keys: list[tuple[int, str, int, str, int]]  # line, email, its hash, Staff Id, its hash
-    digests: list[int]  # of each row's values; 0 for rows marked Deleted
-
-
-def prepare(rows: list[StagedRow]) -> Batch:
-    return Batch(
-        rows,
-        [(r[0], r[1], hash(r[1]), r[5], hash(r[5]) if r[5] else 0) for r in rows],
-        [0 if r[9] else digest(r[2:9]) for r in rows],
-    )
-
-
 def tidy_roles(role: str) -> str:
     """Role names as stored: trimmed around the ``;`` separators."""
     return ";".join(r.strip() for r in role.split(";")) if role else ""
@@ -152,17 +133,16 @@ class Stage:
     def add_many(self, rows: list[StagedRow]) -> None:
         """Valid rows, in file order: keys always; values only when they change an
         account."""
-        self.add(prepare(rows))
-
-    def add(self, batch: Batch) -> None:
-        """A prepared batch (see :func:`prepare`)."""
-        if not batch.rows:
+        if not rows:
             return
         conn = self.conn
-        conn.executemany("INSERT INTO keys VALUES (?, ?, ?, ?, ?)", batch.keys)
+        conn.executemany(
+            "INSERT INTO keys VALUES (?, ?, ?, ?, ?)",
+            [(r[0], r[1], hash(r[1]), r[5], hash(r[5]) if r[5] else 0) for r in rows],
+        )
         if self.district is None:
             return
-        emails = [r[1] for r in batch.rows]
+        emails = [r[1] for r in rows]
         accounts = {
             email: (fingerprint, status)
             for email, fingerprint, status in conn.execute(
@@ -170,12 +150,13 @@ class Stage:
             )
         }
         staged = []
-        for row, fingerprint in zip(batch.rows, batch.digests, strict=True):
+        for row in rows:
             found = accounts.get(row[1])
             if row[9]:  # marked Deleted: deletes an active account, else changes nothing
                 if found is not None and found[1] == "active":
                     staged.append((row[0], row[1], "delete", *row[2:7], "", "", 0))
                 continue
+            fingerprint = digest(row[2:9])
             if found is None or found[0] != fingerprint or found[1] != "active":
                 staged.append(
                     (
