@@ -3,7 +3,7 @@
 
 Run from the repository root with the project's virtualenv::
 
-    .venv/bin/python bench/provision.py                 # 1,000,000 rows, a few minutes
+    .venv/bin/python bench/provision.py                 # 1,000,000 rows, about 3 minutes
     .venv/bin/python bench/provision.py --rows 100000   # a smaller file
     .venv/bin/python bench/provision.py --json          # machine-readable results on stdout
     .venv/bin/python bench/provision.py --help
