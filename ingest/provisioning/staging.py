@@ -108,6 +108,13 @@ class Stage:
             "SELECT email, digest, status FROM accounts INDEXED BY accounts_by_digest"
             " WHERE district = ? AND email IN ({})"
         )
+        # A district's first epoch has nothing to compare with (and this transaction is
+        # the only writer): every row is a creation.
+        self._has_accounts = district is not None and bool(
+            conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM accounts WHERE district = ?)", (district,)
+            ).fetchone()[0]
+        )
 
     @classmethod
     @contextmanager
@@ -143,12 +150,16 @@ class Stage:
         if self.district is None:
             return
         emails = [r[1] for r in rows]
-        accounts = {
-            email: (fingerprint, status)
-            for email, fingerprint, status in conn.execute(
-                self._probe.format(", ".join("?" * len(emails))), (self.district, *emails)
-            )
-        }
+        accounts = (
+            {
+                email: (fingerprint, status)
+                for email, fingerprint, status in conn.execute(
+                    self._probe.format(", ".join("?" * len(emails))), (self.district, *emails)
+                )
+            }
+            if self._has_accounts
+            else {}
+        )
         staged = []
         for row in rows:
             found = accounts.get(row[1])
