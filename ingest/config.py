@@ -172,6 +172,13 @@ class Config:
         """Server-only: epochs being built from _auto.csv files before they appear."""
         return self.data_dir / "staging"
 
+    @property
+    def temp_dir(self) -> Path:
+        """Server-only: SQLite's temporary files (an epoch's staged rows beyond the page
+        cache). On the data volume, not /tmp: in the container /tmp is a tmpfs, i.e.
+        memory, and a large epoch spills hundreds of MB."""
+        return self.data_dir / "tmp"
+
 
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,

@@ -8,6 +8,7 @@ handling used by ``ingest serve``.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 from ingest.config import Config
@@ -35,6 +36,10 @@ class Server:
 
     async def startup(self) -> None:
         config = self.config
+        # SQLite reads SQLITE_TMPDIR when the library initialises (this process's first
+        # connection is just below); processing children inherit it.
+        config.temp_dir.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("SQLITE_TMPDIR", str(config.temp_dir.resolve()))
         database = Database(config.database_url)
         schema = await asyncio.to_thread(database.migrate)
         config.districts_dir.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,9 @@ def test_processing_children_do_not_outlive_a_killed_daemon(tmp_path: Path) -> N
         put_epoch(daemon, district, "20260501-020000", HEADER + "ann@example.org,Ann,Lee,\r\n")
         daemon.wait_for("epoch.applied", district=district.name)
         [child] = processing_children(daemon)
+        # SQLite's temporary files go to the data volume, not /tmp (a tmpfs in the container)
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        assert f"SQLITE_TMPDIR={daemon.data_dir.resolve() / 'tmp'}".encode() in environ
         daemon.proc.kill()
         daemon.proc.wait()
         wait_until(lambda: not Path(f"/proc/{child}").exists(), 10, "the child to exit")
