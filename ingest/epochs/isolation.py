@@ -29,6 +29,7 @@ from ingest.store.db import Database
 # Child processes: one per concurrently processed epoch, as many as the worker threads
 # that wait for them (EpochService's processing pool).
 MAX_CHILDREN = 2
+PROCESSING_NICENESS = 5
 
 
 class ProcessorDied(RuntimeError):
@@ -67,6 +68,9 @@ def _start_child(config: Config) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, daemon=True, name="parent-watch").start()
+    # Below the daemon in the CPU scheduler (its readers inherit it): when a large file
+    # keeps every core busy, other districts' uploads still come first.
+    os.nice(PROCESSING_NICENESS)
     from ingest.logging import configure_logging
 
     configure_logging(config.logging)
