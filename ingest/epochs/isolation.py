@@ -62,14 +62,14 @@ _child: tuple[Database, Ledger, Processor] | None = None
 
 def _start_child(config: Config) -> None:
     """Initializer of each child. Signals are the parent's business: a Ctrl-C or a SIGTERM
-    to the process group must not cut an epoch short (the parent drains, then exits, and
-    the child follows when its queue closes)."""
+    to the process group must not cut an epoch short (the parent lets it finish, then
+    shuts the pool down)."""
     global _child
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, daemon=True, name="parent-watch").start()
-    # Below the daemon in the CPU scheduler (its readers inherit it): when a large file
-    # keeps every core busy, other districts' uploads still come first.
+    # Below the daemon in the CPU scheduler: when epochs keep every core busy, other
+    # districts' uploads still come first.
     os.nice(PROCESSING_NICENESS)
     from ingest.logging import configure_logging
 

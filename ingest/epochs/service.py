@@ -638,21 +638,15 @@ class EpochService:
         )
         try:
             outcome = self.runner.run(epoch)
-        except ProcessorDied as exc:
-            if self._stopping:  # a signal to the whole process group: the next start redoes it
-                return Outcome("failed", message="interrupted"), {"interrupted": repr(exc)}
-            outcome = Outcome(
-                "failed",
-                errors=(Finding("processor_error", f"the server failed while processing: {exc}"),),
-                message="server error",
-            )
-            self.ledger.fail(district, name, outcome)
-            return outcome, {"error": repr(exc), "traceback": traceback.format_exc()}
         except Exception as exc:  # the transaction rolled back: nothing of it was applied
+            if isinstance(exc, ProcessorDied) and self._stopping:
+                # e.g. a signal to the whole process group: the next start redoes it
+                return Outcome("failed", message="interrupted"), {"interrupted": repr(exc)}
+            detail = str(exc) if isinstance(exc, ProcessorDied) else repr(exc)
             outcome = Outcome(
                 "failed",
                 errors=(
-                    Finding("processor_error", f"the server failed while processing: {exc!r}"),
+                    Finding("processor_error", f"the server failed while processing: {detail}"),
                 ),
                 message="server error",
             )
