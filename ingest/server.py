@@ -88,6 +88,8 @@ class Server:
             return
         grace = self.config.server.shutdown_grace
         sftp.stop_accepting()
+        if self.epochs is not None:
+            self.epochs.stop_starting()
         self.log.info(
             "server.stopping",
             open_uploads=len(sftp.open_uploads),

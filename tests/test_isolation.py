@@ -96,3 +96,26 @@ def test_processing_children_do_not_outlive_a_killed_daemon(tmp_path: Path) -> N
         daemon.proc.kill()
         daemon.proc.wait()
         wait_until(lambda: not Path(f"/proc/{child}").exists(), 10, "the child to exit")
+
+
+def test_a_child_killed_during_shutdown_leaves_the_epoch_to_the_next_start(
+    tmp_path: Path,
+) -> None:
+    rows = "".join(f"user{i}@example.org,User,{i},S{i}\r\n" for i in range(150_000))
+    epoch = "20260501-020000"
+    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
+        district = daemon.add_district()
+        put_epoch(daemon, district, epoch, HEADER + rows)
+        daemon.wait_for("epoch.claimed", district=district.name, epoch=epoch)
+        child = wait_until(lambda: processing_children(daemon), 30, "a processing child")[0]
+        daemon.signal(signal.SIGTERM)  # the daemon waits for the epoch...
+        daemon.wait_for("server.stopping")
+        os.kill(child, signal.SIGKILL)  # ...whose process dies meanwhile
+        daemon.wait_for("epoch.interrupted", district=district.name, epoch=epoch)
+        assert daemon.wait_exit() == 0
+        assert not daemon.events("epoch.failed")
+    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:  # same data dir: a restart
+        daemon.wait_for("epoch.recovered")
+        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=epoch)
+        assert applied["summary"]["created"] == 150_000
+        assert len(export(daemon, district.name)) == 150_000

@@ -167,6 +167,12 @@ class EpochService:
         )
         self._tasks = [loop.create_task(self._evaluator()), loop.create_task(self._reconciler())]
 
+    def stop_starting(self) -> None:
+        """Shutdown has begun: start no further epoch. A processor that dies from now on
+        was most likely hit by a signal meant for the daemon; its epoch is left to the
+        next start (``epoch.interrupted``), not failed."""
+        self._stopping = True
+
     async def stop(self) -> None:
         """Stop looking for new work; let a running processor finish; leave the rest to the
         next start (the ledger and the file layout make that exact)."""
@@ -564,7 +570,7 @@ class EpochService:
             self.log.warning("epoch.superseded", district=district, epoch=name)
         elif state == "processing":
             self.log.info("epoch.claimed", district=district, epoch=name, attempt=record.attempts)
-            await self._run_processor(record)
+            return await self._run_processor(record)
         return True
 
     def _claim_blocking(self, district: str, name: str) -> tuple[str, EpochRecord] | None:
@@ -580,7 +586,9 @@ class EpochService:
         record = self.ledger.get(district, name)
         return (state, record) if record is not None else None
 
-    async def _run_processor(self, record: EpochRecord) -> None:
+    async def _run_processor(self, record: EpochRecord) -> bool:
+        """Process a claimed epoch; False when it has no final state to publish (it was
+        interrupted by the shutdown and stays ``processing`` for the next start)."""
         started = time.monotonic()
         outcome, error = await asyncio.get_running_loop().run_in_executor(
             self._process_pool, self._archive_and_apply, record
@@ -589,10 +597,10 @@ class EpochService:
             self.log.warning(
                 "epoch.interrupted", district=record.district, epoch=record.name, **error
             )
-            return
+            return False
         if error is not None:
             self.log.error("epoch.failed", district=record.district, epoch=record.name, **error)
-            return
+            return True
         level = "info" if outcome.status == "applied" else "warning"
         getattr(self.log, level)(
             f"epoch.{outcome.status}",
@@ -605,6 +613,7 @@ class EpochService:
             codes=sorted({f.code for f in outcome.errors}),
             duration=round(time.monotonic() - started, 3),
         )
+        return True
 
     def _archive_and_apply(self, record: EpochRecord) -> tuple[Outcome, dict[str, str] | None]:
         """Worker thread: the immutable copy, then the processor's effects and the final
