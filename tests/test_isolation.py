@@ -33,6 +33,16 @@ def processing_children(daemon: Daemon) -> list[int]:
     return found
 
 
+def reading_users_csv(pid: int) -> bool:
+    """The child has users.csv open: it is inside the epoch's transaction (validation
+    runs after BEGIN IMMEDIATE)."""
+    try:
+        links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:
+        return False
+    return any(link.endswith("/users.csv") for link in links)
+
+
 def put_epoch(daemon: Daemon, district: Credentials, epoch: str, content: str) -> None:
     with paramiko_client(daemon, district) as client:
         sftp = client.open_sftp()
@@ -54,8 +64,8 @@ def test_a_killed_processing_child_applies_nothing_and_the_epoch_can_be_redone(
         put_epoch(daemon, district, epoch, HEADER + rows)
         daemon.wait_for("epoch.claimed", district=district.name, epoch=epoch)
         child = wait_until(lambda: processing_children(daemon), 30, "a processing child")[0]
-        assert child != daemon.proc.pid
-        os.kill(child, signal.SIGKILL)  # mid-apply: the import alone takes longer than this
+        wait_until(lambda: reading_users_csv(child), 30, "the child to read users.csv")
+        os.kill(child, signal.SIGKILL)  # mid-transaction
 
         failed = daemon.wait_for("epoch.failed", district=district.name, epoch=epoch)
         assert "exited before it finished" in failed["error"]
@@ -108,6 +118,7 @@ def test_a_child_killed_during_shutdown_leaves_the_epoch_to_the_next_start(
         put_epoch(daemon, district, epoch, HEADER + rows)
         daemon.wait_for("epoch.claimed", district=district.name, epoch=epoch)
         child = wait_until(lambda: processing_children(daemon), 30, "a processing child")[0]
+        wait_until(lambda: reading_users_csv(child), 30, "the child to read users.csv")
         daemon.signal(signal.SIGTERM)  # the daemon waits for the epoch...
         daemon.wait_for("server.stopping")
         os.kill(child, signal.SIGKILL)  # ...whose process dies meanwhile
