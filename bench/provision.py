@@ -27,9 +27,10 @@ parent's peak. The phases:
 4. ``apply_again``: the same file again, which must leave every account unchanged;
 5. ``apply_changed``: the copy with 1 % of the rows changed, which must update those.
 
-The apply phases call ``ProvisioningProcessor(ProvisioningConfig()).process(epoch, conn)``
-inside ``with Database(url).connect() as conn:``, as the daemon's ``_archive_and_apply``
-does (without the ledger's bookkeeping); their wall time includes the COMMIT. The state
+The apply phases run ``ProvisioningProcessor(ProvisioningConfig())`` as the daemon does
+(``apply_epoch`` in ingest/epochs/isolation.py, without the ledger's bookkeeping):
+``prepare`` (validation and staging in a read snapshot), then ``process`` inside
+``Database(url).connect()``; their wall time includes the COMMIT. The state
 database is a fresh SQLite file in the temporary directory, created by
 ``Database.migrate()``; all three apply phases use it in turn. The district has no
 settings row, so the defaults apply (upsert, no building list).
@@ -429,8 +430,8 @@ def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
             (FileInfo(path.name, path.stat().st_size, spec["sha256"]),),
             "upload",
         )
-        with database.connect() as conn:
-            outcome = processor.process(epoch, conn)
+        with processor.prepare(epoch, database) as prepared, database.connect() as conn:
+            outcome = processor.process(epoch, conn, prepared)
             result["process_s"] = time.perf_counter() - t0
         result["commit_s"] = time.perf_counter() - t0 - result["process_s"]
         result["status"] = outcome.status

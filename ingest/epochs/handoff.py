@@ -8,9 +8,13 @@ knows nothing of SFTP, watchers or readiness.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from ingest.store.db import Database
 
 # Final states. A processor returns applied, rejected, held or failed; the epoch layer
 # itself decides superseded (and failed, when a processor raises).
@@ -85,13 +89,23 @@ class Outcome:
 
 
 class Processor(Protocol):
-    """Turns a claimed epoch into an outcome. Runs in a worker thread, never on the loop.
+    """Turns a claimed epoch into an outcome, in two steps. Runs in a worker thread (or a
+    child process), never on the loop.
 
-    ``conn`` is an open transaction on the state database. Everything the processor writes
-    through it commits atomically with the epoch's final state in the ledger, or not at
-    all: that is what makes processing exactly-once across crashes. It must not commit.
+    ``prepare`` comes first, outside the write transaction: through ``database.snapshot()``
+    it may read the state database and fill TEMP tables, e.g. validate a large file,
+    without holding the write lock that every other district's epochs and the ledger
+    need. It is a context manager: what it yields lives until the epoch is done.
+
+    ``process`` then runs in an open write transaction (``conn``). Everything it writes
+    commits atomically with the epoch's final state in the ledger, or not at all: that is
+    what makes processing exactly-once across crashes. It must not commit. The epoch
+    layer processes one epoch of a district at a time, so what ``prepare`` read of the
+    district is still true in ``process``.
     """
 
     name: str
 
-    def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection) -> Outcome: ...
+    def prepare(self, epoch: ClaimedEpoch, database: Database) -> AbstractContextManager[Any]: ...
+
+    def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection, prepared: Any) -> Outcome: ...

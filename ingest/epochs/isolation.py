@@ -48,9 +48,10 @@ def make_processor(config: Config) -> Processor:
 def apply_epoch(
     database: Database, ledger: Ledger, processor: Processor, epoch: ClaimedEpoch
 ) -> Outcome:
-    """The processor's effects and the epoch's final state, in one transaction."""
-    with database.connect() as conn:
-        outcome = processor.process(epoch, conn)
+    """The processor's preparation (no write lock), then its effects and the epoch's
+    final state in one write transaction."""
+    with processor.prepare(epoch, database) as prepared, database.connect() as conn:
+        outcome = processor.process(epoch, conn, prepared)
         ledger.finish(conn, epoch.district, epoch.name, outcome)
     return outcome
 

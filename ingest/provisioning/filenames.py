@@ -7,9 +7,11 @@ checks that an epoch holds the files the API expects, named exactly, and reports
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AbstractContextManager, nullcontext
 from difflib import get_close_matches
 
 from ingest.epochs.handoff import ClaimedEpoch, Finding, Outcome
+from ingest.store.db import Database
 
 API_FILES = ("users.csv",)
 REQUIRED_FILES = ("users.csv",)
@@ -93,7 +95,10 @@ class FileNameProcessor:
 
     name = "filenames"
 
-    def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection) -> Outcome:
+    def prepare(self, epoch: ClaimedEpoch, database: Database) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection, prepared: None) -> Outcome:
         names = [f.name for f in epoch.files]
         errors, warnings = check_file_names(names, {f.name: f.size for f in epoch.files})
         summary = {"files": len(names)}

@@ -1,21 +1,38 @@
 """The provisioning processor: validate users.csv, then apply it to the account store.
 
-Runs in a worker thread inside the epoch layer's transaction (see ``Processor``): either
-the whole epoch applies together with its final ledger state, or nothing does.
+Two steps (see ``Processor``): ``prepare`` validates and stages without the write lock;
+``process`` decides and applies inside the epoch layer's write transaction, so either the
+whole epoch applies together with its final ledger state, or nothing does.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from ingest.config import ProvisioningConfig
 from ingest.epochs.handoff import ClaimedEpoch, Finding, Outcome
 from ingest.provisioning.accounts import DistrictSettings, get_settings, now
-from ingest.provisioning.csvapi import FILE_NAME, Limits, validate_users_csv
+from ingest.provisioning.csvapi import FILE_NAME, Limits, ValidationReport, validate_users_csv
 from ingest.provisioning.filenames import check_file_names
 from ingest.provisioning.staging import Stage
+from ingest.store.db import Database
 
 LISTED_DELETIONS = 100
+
+
+@dataclass
+class Prepared:
+    """What ``prepare`` found, for ``process``: either a final outcome already (the file
+    names are wrong) or the validated, staged file."""
+
+    outcome: Outcome | None = None
+    district: DistrictSettings = field(default_factory=DistrictSettings)
+    stage: Stage | None = None
+    report: ValidationReport = field(default_factory=ValidationReport)
+    warnings: list[Finding] = field(default_factory=list)
 
 
 class ProvisioningProcessor:
@@ -29,36 +46,45 @@ class ProvisioningProcessor:
             max_bad_row_share=settings.max_bad_row_share,
         )
 
-    def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection) -> Outcome:
+    @contextmanager
+    def prepare(self, epoch: ClaimedEpoch, database: Database) -> Iterator[Prepared]:
+        """The file names, then one pass over users.csv that validates it and stages its
+        rows in TEMP tables, in a read snapshot: the pass over a large file takes seconds,
+        and holding the write lock meanwhile would stop every other district's epochs
+        (and the ledger) for as long."""
         names = [f.name for f in epoch.files]
         file_errors, warnings = check_file_names(names, {f.name: f.size for f in epoch.files})
         if file_errors:
-            return Outcome(
-                "rejected",
-                {"rows": 0},
-                tuple(file_errors),
-                tuple(warnings),
-                message="the epoch's files do not follow the CSV API; nothing was changed",
+            yield Prepared(
+                Outcome(
+                    "rejected",
+                    {"rows": 0},
+                    tuple(file_errors),
+                    tuple(warnings),
+                    message="the epoch's files do not follow the CSV API; nothing was changed",
+                )
             )
-        district = get_settings(conn, epoch.district)
-        stage = Stage(conn, epoch.district)
+            return
+        stage = None
         try:
-            return self._validate_and_apply(epoch, district, stage, warnings)
+            with database.snapshot() as conn:
+                district = get_settings(conn, epoch.district)
+                stage = Stage(conn, epoch.district)
+                report = validate_users_csv(
+                    epoch.directory / FILE_NAME, self.limits, district.buildings, stage
+                )
+            yield Prepared(None, district, stage, report, [*warnings, *report.warnings])
         finally:
-            stage.release()
+            if stage is not None:
+                stage.release()
 
-    def _validate_and_apply(
-        self,
-        epoch: ClaimedEpoch,
-        district: DistrictSettings,
-        stage: Stage,
-        warnings: list[Finding],
-    ) -> Outcome:
-        # One pass: validate, classifying and staging rows in TEMP tables of this connection.
-        report = validate_users_csv(
-            epoch.directory / FILE_NAME, self.limits, district.buildings, stage
-        )
-        warnings += report.warnings
+    def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection, prepared: Prepared) -> Outcome:
+        """Inside the write transaction: reject, hold or apply what ``prepare`` staged."""
+        if prepared.outcome is not None:
+            return prepared.outcome
+        stage, report, district = prepared.stage, prepared.report, prepared.district
+        assert stage is not None  # prepare stages whenever it has no outcome yet
+        warnings = list(prepared.warnings)
         summary = {"rows": report.rows, "skipped": report.bad_rows}
         if report.rejected:
             return Outcome(
@@ -77,8 +103,9 @@ class ProvisioningProcessor:
             warnings.append(
                 Finding(
                     "full_sync_skipped",
-                    f"{report.unkeyed_bad_rows} row(s) could not be read at all, so accounts "
-                    "absent from the file were not deleted this time; fix those rows",
+                    f"{report.unkeyed_bad_rows} skipped row(s) have no valid e-mail address, so "
+                    "whose accounts they are is unknown: accounts absent from the file were "
+                    "not deleted this time; fix those rows",
                     FILE_NAME,
                 )
             )

@@ -158,6 +158,22 @@ class Database:
             conn.execute("ROLLBACK")
 
     @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A deferred transaction that commits: its reads see one snapshot, and what it
+        writes to TEMP tables survives it. It must not write to the main database (that
+        would take the write lock, which is what it is for not holding: see
+        ``Processor.prepare``)."""
+        conn = self._thread_connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection inside one transaction: committed on success, rolled back on error.
 
