@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import statistics
@@ -118,6 +119,12 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float:
     with open(path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rusage_cpu(who: int = resource.RUSAGE_SELF) -> float:
+    """utime+stime of this process (RUSAGE_SELF) or of its waited-for children."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- statistics ------------------------------------------------------------------------------

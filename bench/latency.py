@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import resource
 import sys
 import threading
 import time
@@ -66,6 +65,7 @@ from _common import (
     log,
     machine_info,
     run_main,
+    rusage_cpu,
     summary,
 )
 from _daemon import (
@@ -88,12 +88,6 @@ USERS = (
 TARGET_P50_MS = 100.0
 TARGET_P99_MS = 1000.0
 OUTCOMES = ("epoch.applied", "epoch.rejected", "epoch.held", "epoch.failed")
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process: the paramiko clients (and the log reader)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --- the districts (paramiko, one thread each) --------------------------------------------
@@ -262,7 +256,7 @@ def measure(
         f"{args.epochs} epochs over {args.districts} districts ({per_district})"
     )
     t_start, wall_start = time.monotonic(), time.time()
-    cpu_before = (*daemon.cpu(), own_cpu())
+    cpu_before = (*daemon.cpu(), rusage_cpu())
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + args.timeout + args.epochs * 2.0
@@ -283,7 +277,7 @@ def measure(
     total = args.epochs
     daemon.wait_count("epoch.claimed", total, time.monotonic() + args.timeout)
     claimed_s = time.monotonic() - t_start
-    cpu_after = (*daemon.cpu(), own_cpu())
+    cpu_after = (*daemon.cpu(), rusage_cpu())
     cpu = [after - before for after, before in zip(cpu_after, cpu_before, strict=True)]
     # Publishing may linger up to epochs.publish_linger (default 30 s) while the uploading
     # session is open; the sessions are closed by now, so this is quick unless it is stuck.

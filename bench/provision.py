@@ -77,6 +77,7 @@ from _common import (
     log,
     machine_info,
     run_main,
+    rusage_cpu,
     summary,
 )
 
@@ -309,11 +310,6 @@ def reset_peak_rss() -> bool:
     return True
 
 
-def cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 # --- the files -------------------------------------------------------------------------------
 
 
@@ -405,7 +401,7 @@ def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
     }
     result["rss_start_kib"] = status_kib("VmRSS")
     profiler = cProfile.Profile() if spec.get("profile") else None
-    cpu0 = cpu_s()
+    cpu0 = rusage_cpu()
     t0 = time.perf_counter()
     if profiler is not None:
         profiler.enable()
@@ -442,7 +438,7 @@ def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
         profiler.disable()
         profiler.dump_stats(spec["profile"])
     result["wall_s"] = wall
-    result["cpu_s"] = cpu_s() - cpu0
+    result["cpu_s"] = rusage_cpu() - cpu0
     result["rss_peak_kib"] = status_kib("VmHWM")
     result["ru_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # see above
     if phase.startswith("apply"):  # after the peak was read: this must not count

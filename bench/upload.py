@@ -67,6 +67,7 @@ from _common import (
     log,
     machine_info,
     run_main,
+    rusage_cpu,
     spawn_ingest,
     summary,
 )
@@ -109,11 +110,6 @@ def baseline_server(root: str, authorized_keys: str, host_key_pub: str) -> None:
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 # --- servers ---------------------------------------------------------------------------------
@@ -304,7 +300,7 @@ class Sftp:
             *(["-vvv"] if verbose else ["-o", "LogLevel=ERROR"]),
             f"{user}@127.0.0.1",
         ]
-        self.cpu_before = children_cpu()
+        self.cpu_before = rusage_cpu(resource.RUSAGE_CHILDREN)
         self.proc = reg.popen(
             args,
             cwd=client.cwd,
@@ -374,7 +370,7 @@ class Sftp:
             raise BenchError(
                 f"sftp to {self.server.name} exited {code}: {''.join(self.stderr[-10:])}"
             )
-        return children_cpu() - self.cpu_before
+        return rusage_cpu(resource.RUSAGE_CHILDREN) - self.cpu_before
 
 
 @contextlib.contextmanager
