@@ -117,6 +117,10 @@ class EpochsConfig:
     # Where the processor runs: "process" (a child process, so that a large file neither
     # slows other districts' uploads nor grows the daemon's memory) or "thread".
     isolation: Literal["process", "thread"] = "process"
+    # With "process": epochs whose files total less than this many bytes are processed in
+    # a worker thread all the same: they take milliseconds, which a round trip to the
+    # child (and starting it) would multiply. 0 = every epoch in the child.
+    isolation_min_bytes: int = field(default=1024 * 1024, metadata=_check(_non_negative))
 
 
 @dataclass(frozen=True)

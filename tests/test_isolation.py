@@ -9,6 +9,8 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.clients import paramiko_client
 from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon, wait_until
 from tests.test_provisioning import export
@@ -91,8 +93,13 @@ def test_a_killed_processing_child_applies_nothing_and_the_epoch_can_be_redone(
         assert len(export(daemon, district.name)) == 150_000
 
 
-def test_thread_isolation_processes_inside_the_daemon(tmp_path: Path) -> None:
-    with run_daemon(tmp_path, epochs_isolation="thread", **FAST_EPOCHS) as daemon:
+@pytest.mark.parametrize(
+    "settings",
+    [{"epochs_isolation": "thread"}, {}],  # by default, a small epoch stays in a thread too
+    ids=["thread", "small-epoch"],
+)
+def test_processing_inside_the_daemon(tmp_path: Path, settings: dict[str, str]) -> None:
+    with run_daemon(tmp_path, **settings, **FAST_EPOCHS) as daemon:
         district = daemon.add_district()
         epoch = "20260501-020000"
         put_epoch(daemon, district, epoch, HEADER + "ann@example.org,Ann,Lee,\r\n")
@@ -103,7 +110,7 @@ def test_thread_isolation_processes_inside_the_daemon(tmp_path: Path) -> None:
 
 
 def test_processing_children_do_not_outlive_a_killed_daemon(tmp_path: Path) -> None:
-    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
+    with run_daemon(tmp_path, epochs_isolation_min_bytes=0, **FAST_EPOCHS) as daemon:
         district = daemon.add_district()
         put_epoch(daemon, district, "20260501-020000", HEADER + "ann@example.org,Ann,Lee,\r\n")
         daemon.wait_for("epoch.applied", district=district.name)

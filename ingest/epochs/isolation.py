@@ -1,10 +1,13 @@
-"""Where the processor runs: in a child process by default, in a worker thread on request.
+"""Where the processor runs: in a child process for large epochs (by default), in a
+worker thread for small ones and on request.
 
 Applying a large users.csv is seconds of pure-Python work. In a thread of the daemon it
 holds the GIL that the SFTP event loop needs: measured with 200,000 rows, another
 district's 2 KiB puts went from p99 3 ms to p99 110 ms, and the apply itself took 2.3
 times longer because it shared one core with the uploads (docs/performance.md). In a
-child process it runs on its own core and its memory is its own.
+child process it runs on its own core and its memory is its own. A small epoch takes
+milliseconds; the round trip to a child (and starting one) would multiply that, which the
+epoch latency benchmark showed (bench/latency.py), so small epochs stay in a thread.
 
 The child does the whole transaction (the processor's effects and the ledger's final
 state), exactly as the thread would, so exactly-once does not depend on where it runs: if
@@ -125,7 +128,8 @@ class ProcessorRunner:
             return self._pool
 
     def run(self, epoch: ClaimedEpoch) -> Outcome:
-        if not self.isolated:
+        size = sum(f.size for f in epoch.files)
+        if not self.isolated or size < self.config.epochs.isolation_min_bytes:
             return apply_epoch(self.database, self.ledger, self.processor, epoch)
         pool = self._executor()
         try:
