@@ -22,6 +22,7 @@ from ingest.sftp import (
     load_or_create_host_keys,
 )
 from ingest.store import Database, DistrictStore
+from ingest.store.checkpoint import Checkpointer
 
 
 class Server:
@@ -31,6 +32,7 @@ class Server:
         self.log = get_logger("ingest.server")
         self.sftp: SFTPService | None = None
         self.epochs: EpochService | None = None
+        self.checkpointer: Checkpointer | None = None
         self.port: int | None = None
         self._should_exit = asyncio.Event()
 
@@ -40,8 +42,10 @@ class Server:
         # connection is just below); processing children inherit it.
         config.temp_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("SQLITE_TMPDIR", str(config.temp_dir.resolve()))
-        database = Database(config.database_url)
+        database = Database(config.database_url, background_checkpoints=True)
         schema = await asyncio.to_thread(database.migrate)
+        self.checkpointer = Checkpointer(database)
+        self.checkpointer.start()
         config.districts_dir.mkdir(parents=True, exist_ok=True)
         host_keys = await asyncio.to_thread(load_or_create_host_keys, config.host_key_dir)
         districts = DistrictStore(database, config.districts_dir)
@@ -104,5 +108,8 @@ class Server:
         if self.epochs is not None:
             await self.epochs.stop()
             self.epochs = None
+        if self.checkpointer is not None:
+            await asyncio.to_thread(self.checkpointer.stop)
+            self.checkpointer = None
         self.log.info("server.stopped", drained=drained)
         flush_logs()

@@ -114,13 +114,28 @@ def test_delete_reactivate_and_history(daemon: Daemon, district: Credentials) ->
     assert [r["Email"] for r in export(daemon, district.name)] == ["bob@example.org"]
     report = upload(daemon, district, "20260403-040000", HEADER + ANN)
     assert report["counts"]["reactivated"] == 1
+    report = upload(daemon, district, "20260403-050000", HEADER + ANN.replace(",Ann,", ",Anne,"))
+    assert report["counts"]["updated"] == 1
     changes = json.loads(daemon.cli("accounts", "history", district.name, "ANN@example.org").stdout)
-    assert [c["action"] for c in changes] == ["created", "deleted", "reactivated"]
+    assert [c["action"] for c in changes] == ["created", "deleted", "reactivated", "updated"]
     assert [c["epoch"] for c in changes] == [
         "20260403-020000",
         "20260403-030000",
         "20260403-040000",
+        "20260403-050000",
     ]
+    # The creation's after-image is derived: today's values with the later update undone.
+    assert changes[0]["after"] == {
+        "first_name": "Ann",
+        "last_name": "Lee",
+        "middle_name": "",
+        "staff_id": "A1",
+        "title": "",
+        "roles": "Special Education Teacher;Literacy Teacher",
+        "buildings": "North Elementary,South Elementary;South Elementary",
+    }
+    assert changes[3]["before"] == {"first_name": "Ann"}
+    assert changes[3]["after"] == {"first_name": "Anne"}
 
 
 def test_full_sync_mass_deletion_is_held_until_approved(

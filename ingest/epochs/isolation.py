@@ -78,7 +78,7 @@ def _start_child(config: Config) -> None:
     from ingest.logging import configure_logging
 
     configure_logging(config.logging)
-    database = Database(config.database_url)
+    database = Database(config.database_url, background_checkpoints=True)
     _child = (database, Ledger(database), make_processor(config))
 
 

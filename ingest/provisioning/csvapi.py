@@ -568,5 +568,5 @@ def validate_users_csv(
     one, thrown away: offline validation touches no state)."""
     if stage is not None:
         return _Validator(limits or Limits(), buildings, stage, path.name).run(path)
-    with Stage.private() as private:
+    with Stage.private(path.stat().st_size if path.is_file() else 0) as private:
         return _Validator(limits or Limits(), buildings, private, path.name).run(path)

@@ -1,12 +1,13 @@
 """Set-based apply: the validation pass classifies each row once; SQL does the rest.
 
-Rows arrive in batches from the validator, in file order. For each batch one query reads
-the district's accounts for those e-mails from a small covering index (e-mail, digest,
-status); a row whose digest equals its account's is unchanged and goes no further. Only
-rows that create, update, reactivate or delete an account are staged with their values.
-Every row's e-mail and Staff Id go to a narrow ``keys`` table, where a GROUP BY finds
-duplicates after the last row: no per-row set lives in Python memory, so memory stays flat
-whatever the file's size. The hold check is a few COUNTs; creations are single
+Rows arrive in batches from the validator, in file order. For each batch one query
+compares the rows with the district's accounts on a small covering index (e-mail, digest,
+status) and returns only the rows that differ: a row whose digest equals its active
+account's is unchanged and goes no further. Only rows that create, update, reactivate or
+delete an account are staged with their values. Duplicate e-mails and Staff Ids are found
+by :class:`~ingest.provisioning.repeats.RepeatFinder` (a bitmap and an array of hashes,
+no per-row set); the e-mails themselves go to SQLite only for a full sync, which must know
+every e-mail in the file. The hold check is a few COUNTs; creations are single
 INSERT ... SELECT statements in key order; only changed rows come back to Python.
 
 Why this shape (docs/performance.md): staging every row with all its values and joining
@@ -17,26 +18,28 @@ in key order and fetched the other at random.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import NamedTuple
 
 from ingest.provisioning.accounts import FIELDS as _FIELDS
+from ingest.provisioning.repeats import RepeatFinder
 
-# Rows per batch from the validator: one probe query each. Larger batches probe the
-# index with better locality (5,000: 3.8 s per 1M rows, 20,000: 2.8 s); each holds about
-# 15 MB of row tuples. SQLite allows 32,766 bound variables per statement.
-BATCH = 20_000
+# Rows per batch from the validator: one comparison query each, which binds two values
+# per row (SQLite allows 32,766 per statement). Larger batches probe the index with better
+# locality (5,000: 3.8 s per 1M rows, 20,000: 2.8 s); each holds about 12 MB of tuples.
+BATCH = 16_000
 # (line, email, first_name, last_name, middle_name, staff_id, title, roles, buildings, deleted)
 StagedRow = tuple[int, str, str, str, str, str, str, str, str, int]
 _COLS = ", ".join(_FIELDS)
 _FEW = 10_000  # created accounts below which their change log is not read by a scan
-_AFTER = "json_object(" + ", ".join(f"'{f}', s.{f}" for f in _FIELDS) + ")"
 # Page caches while an epoch is processed (KiB); larger ones measured no faster (the
-# OS caches the files too) and cost RSS. Both are released after the epoch (``release``),
-# so an idle worker thread holds little.
+# OS caches the files too) and cost RSS. Both are given back after the epoch, so an idle
+# worker thread holds little.
 MAIN_CACHE_KIB = 32 * 1024
 TEMP_CACHE_KIB = 32 * 1024
 
@@ -52,15 +55,23 @@ def digest(values: tuple[str, ...]) -> int:
     return zlib.crc32(data) << 31 ^ zlib.adler32(data)
 
 
+# What tidying would change; most rows have none of it, and the search is cheaper than
+# splitting and joining every row (1.7 s per 1M created accounts).
+_UNTIDY_ROLES = re.compile(r"^\s|\s$|\s;|;\s")
+_UNTIDY_BUILDINGS = re.compile(r"^[\s,]|[\s,]$|\s[;,]|[;,]\s|,,|;,|,;")
+
+
 def tidy_roles(role: str) -> str:
     """Role names as stored: trimmed around the ``;`` separators."""
-    return ";".join(r.strip() for r in role.split(";")) if role else ""
+    if not _UNTIDY_ROLES.search(role):
+        return role
+    return ";".join(r.strip() for r in role.split(";"))
 
 
 def tidy_buildings(buildings: str) -> str:
     """Building groups as stored: names trimmed, empty names dropped, one group per role."""
-    if not buildings:
-        return ""
+    if not _UNTIDY_BUILDINGS.search(buildings):
+        return buildings
     return ";".join(
         ",".join(name for name in (b.strip() for b in group.split(",")) if name)
         for group in buildings.split(";")
@@ -78,36 +89,53 @@ class Duplicate(NamedTuple):
     email: str
 
 
+@lru_cache(maxsize=4)
+def _comparison(rows: int) -> str:
+    """The query that returns the rows of a batch that change something: no account
+    (status NULL), another digest, or a deleted account. Rows come sorted by e-mail, so
+    SQLite walks the index in order (1.8 s per 1M rows against 2.4 s in file order)."""
+    return (
+        "WITH v (email, digest) AS (VALUES "
+        + ", ".join(["(?, ?)"] * rows)
+        + ") SELECT v.email, a.status FROM v LEFT JOIN accounts a INDEXED BY"
+        " accounts_by_digest ON a.district = ? AND a.email = v.email"
+        " WHERE a.digest IS NOT v.digest OR a.status IS NOT 'active'"
+    )
+
+
 class Stage:
     """One epoch's rows in TEMP tables of ``conn``. TEMP tables belong to the
     connection, so stages on different connections (the worker threads' own) never see
     each other. With ``district=None`` (offline validation) rows are only checked for
-    duplicates: there is no account store to compare them with."""
+    duplicates: there is no account store to compare them with. ``size_hint`` is the
+    file's size (it sizes the duplicate finders); ``full_sync`` keeps every e-mail of the
+    file, which only a full sync needs."""
 
-    def __init__(self, conn: sqlite3.Connection, district: str | None) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        district: str | None,
+        *,
+        size_hint: int = 0,
+        full_sync: bool = False,
+    ) -> None:
         self.conn = conn
         self.district = district
+        self.full_sync = full_sync
+        self.emails = RepeatFinder(size_hint)
+        self.staff_ids = RepeatFinder(size_hint)
         self._kept: list[tuple[str]] = []
         conn.execute(f"PRAGMA main.cache_size = -{MAIN_CACHE_KIB}")
         conn.execute(f"PRAGMA temp.cache_size = -{TEMP_CACHE_KIB}")
-        for table in ("keys", "staged", "kept"):
+        for table in ("seen", "staged", "kept"):
             conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
-        # The hashes (Python's, stable within this process) make the duplicate checks
-        # sort integers instead of strings; the texts confirm a match.
-        conn.execute(
-            "CREATE TEMP TABLE keys (line INTEGER PRIMARY KEY, email TEXT NOT NULL,"
-            " email_hash INTEGER NOT NULL, staff_id TEXT NOT NULL, staff_id_hash INTEGER NOT NULL)"
-        )
+        conn.execute("CREATE TEMP TABLE seen (email TEXT NOT NULL)")  # full sync only
         # action: create, update (also reactivates a deleted account) or delete
         conn.execute(
             "CREATE TEMP TABLE staged (line INTEGER PRIMARY KEY, email TEXT NOT NULL,"
             f" action TEXT NOT NULL, {_COLS}, digest INTEGER NOT NULL)"
         )
         conn.execute("CREATE TEMP TABLE kept (email TEXT PRIMARY KEY) WITHOUT ROWID")
-        self._probe = (
-            "SELECT email, digest, status FROM accounts INDEXED BY accounts_by_digest"
-            " WHERE district = ? AND email IN ({})"
-        )
         # A district's first epoch has nothing to compare with (and this transaction is
         # the only writer): every row is a creation.
         self._has_accounts = district is not None and bool(
@@ -118,18 +146,19 @@ class Stage:
 
     @classmethod
     @contextmanager
-    def private(cls) -> Iterator[Stage]:
+    def private(cls, size_hint: int = 0) -> Iterator[Stage]:
         """A stage on a throwaway temporary database (offline validation)."""
         conn = sqlite3.connect("", isolation_level=None)
         try:
             conn.execute("BEGIN")
-            yield cls(conn, None)
+            yield cls(conn, None, size_hint=size_hint)
         finally:
             conn.close()
 
     def release(self) -> None:
-        """Give back the page caches (the connection outlives the epoch)."""
-        for table in ("keys", "staged", "kept"):
+        """Give back the TEMP tables and page caches, keeping the connection (see
+        ``ProvisioningProcessor.prepare`` for when it is closed instead)."""
+        for table in ("seen", "staged", "kept"):
             self.conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
         self.conn.execute("PRAGMA main.cache_size = -2000")
         self.conn.execute("PRAGMA temp.cache_size = -2000")
@@ -142,44 +171,49 @@ class Stage:
         account."""
         if not rows:
             return
-        conn = self.conn
-        conn.executemany(
-            "INSERT INTO keys VALUES (?, ?, ?, ?, ?)",
-            [(r[0], r[1], hash(r[1]), r[5], hash(r[5]) if r[5] else 0) for r in rows],
-        )
+        lines = [r[0] for r in rows]
+        emails = [r[1] for r in rows]
+        self.emails.add(zip(lines, emails, emails, strict=True))
+        self.staff_ids.add(zip(lines, [r[5] for r in rows], emails, strict=True))
         if self.district is None:
             return
-        emails = [r[1] for r in rows]
-        accounts = (
-            {
-                email: (fingerprint, status)
-                for email, fingerprint, status in conn.execute(
-                    self._probe.format(", ".join("?" * len(emails))), (self.district, *emails)
-                )
-            }
-            if self._has_accounts
-            else {}
-        )
+        conn = self.conn
+        if self.full_sync:
+            conn.executemany("INSERT INTO seen VALUES (?)", [(e,) for e in emails])
+        # A row marked Deleted has no digest (-1 matches none): it deletes an active
+        # account, else changes nothing.
+        digests = [-1 if r[9] else digest(r[2:9]) for r in rows]
+        if self._has_accounts:
+            order = sorted(range(len(rows)), key=emails.__getitem__)
+            params: list[object] = [None] * (2 * len(rows))
+            params[0::2] = [emails[i] for i in order]
+            params[1::2] = [digests[i] for i in order]
+            params.append(self.district)
+            changing = dict(conn.execute(_comparison(len(rows)), params).fetchall())
+        else:
+            changing = dict.fromkeys(emails)
+        if not changing:
+            return
         staged = []
-        for row in rows:
-            found = accounts.get(row[1])
-            if row[9]:  # marked Deleted: deletes an active account, else changes nothing
-                if found is not None and found[1] == "active":
+        for row, fingerprint in zip(rows, digests, strict=True):
+            if row[1] not in changing:
+                continue
+            status = changing[row[1]]
+            if row[9]:
+                if status == "active":
                     staged.append((row[0], row[1], "delete", *row[2:7], "", "", 0))
                 continue
-            fingerprint = digest(row[2:9])
-            if found is None or found[0] != fingerprint or found[1] != "active":
-                staged.append(
-                    (
-                        row[0],
-                        row[1],
-                        "create" if found is None else "update",
-                        *row[2:7],
-                        tidy_roles(row[7]),
-                        tidy_buildings(row[8]),
-                        fingerprint,
-                    )
+            staged.append(
+                (
+                    row[0],
+                    row[1],
+                    "create" if status is None else "update",
+                    *row[2:7],
+                    tidy_roles(row[7]),
+                    tidy_buildings(row[8]),
+                    fingerprint,
                 )
+            )
         if staged:
             marks = ", ".join("?" * (len(_FIELDS) + 4))
             conn.executemany(f"INSERT INTO staged VALUES ({marks})", staged)
@@ -195,44 +229,19 @@ class Stage:
         self._kept.clear()
 
     def duplicates(self) -> list[Duplicate]:
-        """Find and unstage the rows whose e-mail, then whose Staff Id, an earlier row
-        has (the earlier row stays); called once, after the last row. Duplicates are
-        rare, so each check is one GROUP BY over integers in the narrow ``keys`` table;
-        only rows whose hash repeats are read back."""
-        found = self._repeated("email", "key_duplicate", "Email")
-        self._unstage(found)
-        staff = self._repeated("staff_id", "staff_id_duplicate", "Staff Id")
-        self._unstage(staff)
-        return sorted(found + staff)
-
-    def _repeated(self, column: str, code: str, header: str) -> list[Duplicate]:
-        hashes = [
-            h
-            for (h,) in self.conn.execute(
-                f"SELECT {column}_hash FROM keys WHERE {column} != ''"
-                f" GROUP BY {column}_hash HAVING COUNT(*) > 1"
-            )
+        """The rows whose e-mail, then whose Staff Id, an earlier row has (the earlier
+        row stays), unstaged; called once, after the last row. A row skipped for its
+        e-mail does not count for the Staff Id check."""
+        found = [
+            Duplicate(r.line, "key_duplicate", "Email", r.key, r.first_line, r.tag)
+            for r in self.emails.repeats()
         ]
-        if not hashes:
-            return []
-        first: dict[str, int] = {}
-        found = []
-        for line, value, email in self.conn.execute(
-            f"SELECT line, {column}, email FROM keys WHERE {column}_hash IN"
-            " (SELECT value FROM json_each(?)) ORDER BY line",
-            (json.dumps(hashes),),
-        ):
-            earlier = first.setdefault(value, line)
-            if earlier != line:
-                found.append(Duplicate(line, code, header, value, earlier, email))
-        return found
-
-    def _unstage(self, rows: list[Duplicate]) -> None:
-        """Forget duplicate rows: the staff-id check and the full sync only look at the
-        rows that stay."""
-        lines = [(d.line,) for d in rows]
-        self.conn.executemany("DELETE FROM keys WHERE line = ?", lines)
-        self.conn.executemany("DELETE FROM staged WHERE line = ?", lines)
+        found += [
+            Duplicate(r.line, "staff_id_duplicate", "Staff Id", r.key, r.first_line, r.tag)
+            for r in self.staff_ids.repeats(ignore={d.line for d in found})
+        ]
+        self.conn.executemany("DELETE FROM staged WHERE line = ?", [(d.line,) for d in found])
+        return sorted(found)
 
     # --- the hold check ---------------------------------------------------------------
 
@@ -248,9 +257,11 @@ class Stage:
         marked = "SELECT email FROM staged WHERE action = 'delete'"
         if not full_sync:
             return marked
+        if not self.full_sync:
+            raise RuntimeError("this stage did not keep the file's e-mails for a full sync")
         return marked + (
             " UNION ALL SELECT a.email FROM accounts a WHERE a.district = :d AND"
-            " a.status = 'active' AND a.email NOT IN (SELECT email FROM keys)"
+            " a.status = 'active' AND a.email NOT IN (SELECT email FROM seen)"
             " AND a.email NOT IN (SELECT email FROM kept)"
         )
 
@@ -337,7 +348,8 @@ class Stage:
         # New accounts, in key order so the B-trees grow at their ends; then their
         # change-log rows, read back in key order from the accounts just created: a scan
         # of the district when there are many (cheaper than sorting the staged rows a
-        # second time), a lookup per account when there are few.
+        # second time), a lookup per account when there are few. A creation's log row
+        # has no after-image: accounts.history derives it (it was 200 MB per 1M rows).
         counts["created"] = conn.execute(
             f"INSERT INTO accounts (district, email, {_COLS}, digest, status, created_at,"
             f" updated_at, epoch) SELECT :d, s.email, {', '.join('s.' + f for f in _FIELDS)},"
@@ -348,7 +360,7 @@ class Stage:
         if counts["created"]:
             conn.execute(
                 "INSERT INTO account_changes (district, epoch, email, action, before, after,"
-                f" at) SELECT :d, :e, s.email, 'created', NULL, {_AFTER}, :now FROM accounts s"
+                " at) SELECT :d, :e, s.email, 'created', NULL, NULL, :now FROM accounts s"
                 " WHERE s.district = :d AND s.epoch = :e AND s.created_at = :now"
                 + (
                     ""

@@ -1,9 +1,9 @@
 """SQLite access with forward-only schema migrations.
 
-Connections are short-lived and opened per unit of work: the server and the admin CLI are
-separate processes writing the same file, and WAL mode plus a busy timeout lets them do so
-while the daemon runs. Callers on the event loop must use a worker thread; every method
-here blocks.
+Each thread keeps one connection. The server, its processing children and the admin CLI
+are separate processes writing the same file; WAL mode plus a busy timeout lets them do
+so while the daemon runs. Callers on the event loop must use a worker thread; every
+method here blocks.
 """
 
 from __future__ import annotations
@@ -131,9 +131,11 @@ def sqlite_path(url: str) -> Path:
 class Database:
     """The state database at ``url``; :meth:`migrate` creates or upgrades it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
         self.url = url
         self.path = sqlite_path(url)
+        # True in the daemon, whose Checkpointer copies the log back (see checkpoint.py)
+        self.background_checkpoints = background_checkpoints
         self._local = threading.local()
 
     def _thread_connection(self) -> sqlite3.Connection:
@@ -143,8 +145,27 @@ class Database:
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA busy_timeout = 30000")
+            if self.background_checkpoints:
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._local.conn = conn
         return conn
+
+    def close_thread_connection(self) -> None:
+        """Close this thread's connection (the next use opens a new one). Its TEMP
+        database goes with it in one step: dropping an epoch's million-row TEMP tables
+        one page at a time took 0.4-1.1 s."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            conn.close()
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+        """Copy the write-ahead log into the database file: (busy, pages in the log,
+        pages copied since the log started over); see ingest/store/checkpoint.py."""
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise ValueError(f"unknown checkpoint mode {mode!r}")
+        row = self._thread_connection().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
