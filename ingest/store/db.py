@@ -159,12 +159,18 @@ class Database:
             self._local.conn = None
             conn.close()
 
-    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+    def checkpoint(self, mode: str = "PASSIVE", wait_ms: int = 30000) -> tuple[int, int, int]:
         """Copy the write-ahead log into the database file: (busy, pages in the log,
-        pages copied since the log started over); see ingest/store/checkpoint.py."""
+        pages copied since the log started over); see ingest/store/checkpoint.py. The
+        modes other than PASSIVE wait up to ``wait_ms`` for other connections."""
         if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
             raise ValueError(f"unknown checkpoint mode {mode!r}")
-        row = self._thread_connection().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        conn = self._thread_connection()
+        conn.execute(f"PRAGMA busy_timeout = {int(wait_ms)}")
+        try:
+            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        finally:
+            conn.execute("PRAGMA busy_timeout = 30000")
         return int(row[0]), int(row[1]), int(row[2])
 
     @contextmanager
