@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
+from ingest.config import ProvisioningConfig
+from ingest.epochs.handoff import ClaimedEpoch, FileInfo
 from ingest.provisioning.csvapi import Limits, ValidationReport, validate_users_csv
+from ingest.provisioning.processor import ProvisioningProcessor
 from ingest.provisioning.repeats import Repeat, RepeatFinder
 from ingest.provisioning.staging import Stage, all_tidy, tidy_buildings, tidy_roles
 from ingest.store.db import Database
@@ -288,7 +291,9 @@ def test_tidying_shortcut_changes_nothing() -> None:
     string of up to 5 characters over the characters that matter, alone and in batches."""
     alphabet = "a ;,\t\u00a0"
     values = [
-        "".join(chars) for length in range(6) for chars in itertools.product(alphabet, repeat=length)
+        "".join(chars)
+        for length in range(6)
+        for chars in itertools.product(alphabet, repeat=length)
     ]
     passed = [v for v in values if all_tidy([v])]
     assert 0 < len(passed) < len(values)
@@ -297,3 +302,36 @@ def test_tidying_shortcut_changes_nothing() -> None:
     assert all_tidy(["North Elementary,South Elementary;South Elementary", "A", ""])
     for value in set(values) - set(passed):  # also when one bad value hides in a batch
         assert not all_tidy(["North,South", value, "East"]), repr(value)
+
+
+def test_changes_to_more_accounts_than_a_batch_all_apply(tmp_path: Path) -> None:
+    """40,000 accounts, then a file that changes every one: the updates are read and
+    applied a batch at a time, and each account is updated and logged exactly once."""
+    database = Database(f"sqlite:///{tmp_path}/state.db")
+    database.migrate()
+    processor = ProvisioningProcessor(ProvisioningConfig(deletion_share=1.0))
+    rows = 40_000
+
+    def apply(name: str, title: str) -> dict[str, int]:
+        directory = tmp_path / name
+        directory.mkdir()
+        path = directory / "users.csv"
+        path.write_text(
+            HEADER + "".join(f"u{i}@example.org,U,{i},,S{i},{title},,,\r\n" for i in range(rows))
+        )
+        files = (FileInfo("users.csv", path.stat().st_size, ""),)
+        epoch = ClaimedEpoch("d", name, directory, files, "upload")
+        with processor.prepare(epoch, database) as prepared, database.connect() as conn:
+            outcome = processor.process(epoch, conn, prepared)
+        assert outcome.status == "applied"
+        return dict(outcome.summary)
+
+    assert apply("20260101-000000", "Teacher")["created"] == rows
+    assert apply("20260102-000000", "Coach")["updated"] == rows
+    with database.read() as conn:
+        titles = conn.execute("SELECT title, COUNT(*) FROM accounts GROUP BY title").fetchall()
+        logged = conn.execute(
+            "SELECT COUNT(DISTINCT email), COUNT(*) FROM account_changes WHERE action = 'updated'"
+        ).fetchone()
+    assert [tuple(t) for t in titles] == [("Coach", rows)]
+    assert tuple(logged) == (rows, rows)

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ingest.provisioning.accounts import FIELDS as _FIELDS
 from ingest.provisioning.repeats import RepeatFinder
@@ -72,15 +72,24 @@ def tidy_buildings(buildings: str) -> str:
 
 # Anything tidying could change: a separator or a space at either end of a value, or two
 # of them side by side (so also ";;" and "a  b", which tidying keeps: those values just
-# take the slow way). Values are joined with NUL, which a valid file cannot contain.
-_UNTIDY = re.compile(r"(?:^|\x00)[\s,;]|[\s,;](?:\x00|$)|[\s,;]{2}")
+# take the slow way). Values are joined with NUL, which a valid file cannot contain. Two
+# patterns that each start with a character class scan 3.5 times faster than one with
+# anchors in alternatives.
+_UNTIDY_PAIR_OR_END = re.compile(r"[\s,;](?:[\s,;\x00]|$)")
+_UNTIDY_START = re.compile(r"\x00[\s,;]")
 
 
 def all_tidy(values: list[str]) -> bool:
-    """True when tidying would change none of ``values`` (roles or buildings): one
-    search over a whole batch instead of splitting and joining every row (that cost
-    1.7 s per 1M created accounts; a search per row, 0.7 s)."""
-    return _UNTIDY.search("\x00".join(values)) is None
+    """True when tidying would change none of ``values`` (roles or buildings): two
+    searches over a whole batch instead of splitting and joining every row (that cost
+    1.7 s per 1M created accounts; a search per row, 0.7 s; this, 0.2 s)."""
+    joined = "\x00".join(values)
+    return not (
+        joined[:1].isspace()
+        or joined[:1] in (",", ";")
+        or _UNTIDY_PAIR_OR_END.search(joined)
+        or _UNTIDY_START.search(joined)
+    )
 
 
 class Duplicate(NamedTuple):
@@ -163,7 +172,7 @@ class Stage:
     def release(self) -> None:
         """Give back the TEMP tables and page caches, keeping the connection (see
         ``ProvisioningProcessor.prepare`` for when it is closed instead)."""
-        for table in ("seen", "staged", "kept", "email_keys", "staff_id_keys"):
+        for table in ("seen", "staged", "kept", "updates", "email_keys", "staff_id_keys"):
             self.conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
         self.conn.execute("PRAGMA main.cache_size = -2000")
         self.conn.execute("PRAGMA temp.cache_size = -2000")
@@ -285,6 +294,45 @@ class Stage:
 
     # --- applying -----------------------------------------------------------------------
 
+    def _update(
+        self, changed: list[tuple[Any, ...]], params: dict[str, Any], counts: dict[str, int]
+    ) -> None:
+        """Update the accounts of ``changed`` rows (rowid, email, status, the account's
+        fields, the row's fields, digest) and log what changed."""
+        n = len(_FIELDS)
+        d, epoch, now = params["d"], params["e"], params["now"]
+        logs, updates = [], []
+        for row in changed:
+            old = dict(zip(_FIELDS, row[3 : 3 + n], strict=True))
+            new = dict(zip(_FIELDS, row[3 + n : 3 + 2 * n], strict=True))
+            diff_old = {k: v for k, v in old.items() if new[k] != v}
+            action = "reactivated" if row[2] == "deleted" else "updated" if diff_old else ""
+            if action:  # else only the stored digest was stale (an account from before it)
+                logs.append(
+                    (
+                        d,
+                        epoch,
+                        row[1],
+                        action,
+                        json.dumps(diff_old),
+                        json.dumps({k: new[k] for k in diff_old}),
+                        now,
+                    )
+                )
+                counts[action] += 1
+            updates.append((*new.values(), row[-1], now, epoch, d, row[1]))
+        self.conn.executemany(
+            "INSERT INTO account_changes (district, epoch, email, action, before, after, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            logs,
+        )
+        self.conn.executemany(
+            f"UPDATE accounts SET {', '.join(f + ' = ?' for f in _FIELDS)}, digest = ?,"
+            " status = 'active', deleted_at = NULL, updated_at = ?, epoch = ?"
+            " WHERE district = ? AND email = ?",
+            updates,
+        )
+
     def apply(self, epoch: str, now: str, full_sync: bool, valid_rows: int) -> dict[str, int]:
         """Apply the staged rows (and, for a full sync, the absences); returns the counts.
         ``valid_rows`` is the number of rows that were not skipped."""
@@ -305,45 +353,29 @@ class Stage:
             f" epoch = :e WHERE district = :d AND email IN ({deleting})",
             params,
         ).rowcount
-        # Rows that change an existing account: few, so diffed in Python.
-        changed = conn.execute(
-            f"SELECT s.email, a.status, {', '.join('a.' + f for f in _FIELDS)},"
-            f" {', '.join('s.' + f for f in _FIELDS)}, s.digest FROM staged s JOIN accounts a"
-            " ON a.district = :d AND a.email = s.email WHERE s.action = 'update'",
-            params,
-        ).fetchall()
-        n = len(_FIELDS)
-        logs, updates = [], []
-        for row in changed:
-            old = dict(zip(_FIELDS, row[2 : 2 + n], strict=True))
-            new = dict(zip(_FIELDS, row[2 + n : 2 + 2 * n], strict=True))
-            diff_old = {k: v for k, v in old.items() if new[k] != v}
-            action = "reactivated" if row[1] == "deleted" else "updated" if diff_old else ""
-            if action:  # else only the stored digest was stale (an account from before it)
-                logs.append(
-                    (
-                        d,
-                        epoch,
-                        row[0],
-                        action,
-                        json.dumps(diff_old),
-                        json.dumps({k: new[k] for k in diff_old}),
-                        now,
-                    )
-                )
-                counts[action] += 1
-            updates.append((*new.values(), row[-1], now, epoch, d, row[0]))
-        conn.executemany(
-            "INSERT INTO account_changes (district, epoch, email, action, before, after, at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            logs,
+        # Rows that change an existing account, diffed in Python BATCH rows at a time, so
+        # that a file that changes every account does not bring them all into memory.
+        # First copied in key order, so that reading the accounts, updating them and
+        # logging the changes all walk their B-trees in order: in file order, a file that
+        # changed 1M accounts took 45 s here.
+        conn.execute("DROP TABLE IF EXISTS temp.updates")
+        conn.execute(
+            f"CREATE TEMP TABLE updates AS SELECT email, {_COLS}, digest FROM staged"
+            " WHERE action = 'update' ORDER BY email"
         )
-        conn.executemany(
-            f"UPDATE accounts SET {', '.join(f + ' = ?' for f in _FIELDS)}, digest = ?,"
-            " status = 'active', deleted_at = NULL, updated_at = ?, epoch = ?"
-            " WHERE district = ? AND email = ?",
-            updates,
-        )
+        after = 0
+        while True:
+            changed = conn.execute(
+                f"SELECT u.rowid, u.email, a.status, {', '.join('a.' + f for f in _FIELDS)},"
+                f" {', '.join('u.' + f for f in _FIELDS)}, u.digest FROM updates u JOIN"
+                " accounts a ON a.district = :d AND a.email = u.email"
+                f" WHERE u.rowid > :after ORDER BY u.rowid LIMIT {BATCH}",
+                {**params, "after": after},
+            ).fetchall()
+            if not changed:
+                break
+            after = changed[-1][0]
+            self._update(changed, params, counts)
         # New accounts, in key order so the B-trees grow at their ends; then their
         # change-log rows, read back in key order from the accounts just created: a scan
         # of the district when there are many (cheaper than sorting the staged rows a
