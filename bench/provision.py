@@ -3,7 +3,7 @@
 
 Run from the repository root with the project's virtualenv::
 
-    .venv/bin/python bench/provision.py                 # 1,000,000 rows, about 3 minutes
+    .venv/bin/python bench/provision.py                 # 1,000,000 rows, about 4 minutes
     .venv/bin/python bench/provision.py --rows 100000   # a smaller file
     .venv/bin/python bench/provision.py --json          # machine-readable results on stdout
     .venv/bin/python bench/provision.py --help
@@ -25,7 +25,9 @@ parent's peak. The phases:
 2. ``validate``: :func:`ingest.provisioning.csvapi.validate_users_csv` without ``on_row``;
 3. ``apply_first``: the real processor into an empty store;
 4. ``apply_again``: the same file again, which must leave every account unchanged;
-5. ``apply_changed``: the copy with 1 % of the rows changed, which must update those.
+5. ``apply_changed``: the copy with 1 % of the rows changed, which must update those;
+6. ``apply_all_changed``: a copy in which every row's Title differs, the worst case for
+   updates (no target; it shows that updating every account stays in flat memory).
 
 The apply phases run ``ProvisioningProcessor(ProvisioningConfig())`` as the daemon does
 (``apply_epoch`` in ingest/epochs/isolation.py, without the ledger's bookkeeping):
@@ -95,6 +97,7 @@ PHASES = (
     ("apply_first", "20250101-020000", "first apply, empty store"),
     ("apply_again", "20250102-020000", "re-apply the same file"),
     ("apply_changed", "20250103-020000", "apply with 1 % changed"),
+    ("apply_all_changed", "20250104-020000", "apply, every row changed"),
 )
 TARGET_FIRST_S = 20.0
 TARGET_AGAIN_S = 10.0
@@ -317,9 +320,12 @@ def reset_peak_rss() -> bool:
 # --- the files -------------------------------------------------------------------------------
 
 
-def generate(original: Path, changed: Path, rows: int, seed: int) -> dict[str, int]:
-    """Write users.csv with ``rows`` data rows to ``original`` and the same file with the
-    Title of every CHANGE_EVERY-th row changed to ``changed``; returns what they hold."""
+def generate(
+    original: Path, changed: Path, all_changed: Path, rows: int, seed: int
+) -> dict[str, int]:
+    """Write users.csv with ``rows`` data rows to ``original``, the same file with the
+    Title of every CHANGE_EVERY-th row changed to ``changed``, and with every Title
+    changed to ``all_changed``; returns what they hold."""
     from ingest.provisioning.csvapi import COLUMNS
 
     rng = random.Random(seed)
@@ -328,11 +334,14 @@ def generate(original: Path, changed: Path, rows: int, seed: int) -> dict[str, i
     with (
         original.open("w", encoding="utf-8-sig", newline="") as a,
         changed.open("w", encoding="utf-8-sig", newline="") as b,
+        all_changed.open("w", encoding="utf-8-sig", newline="") as c,
     ):
         out_a = csv.writer(a, lineterminator="\r\n")
         out_b = csv.writer(b, lineterminator="\r\n")
+        out_c = csv.writer(c, lineterminator="\r\n")
         out_a.writerow(COLUMNS)
         out_b.writerow(COLUMNS)
+        out_c.writerow(COLUMNS)
         for i in range(rows):
             first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
             local = ascii_fold(f"{first}.{last}{i}".replace("'", "").lower())
@@ -374,6 +383,8 @@ def generate(original: Path, changed: Path, rows: int, seed: int) -> dict[str, i
                 row[5] = TITLES[(title_index + 1) % len(TITLES)]
                 counts["changed"] += 1
             out_b.writerow(row)
+            row[5] = f"Acting {TITLES[title_index]}"
+            out_c.writerow(row)
     return counts
 
 
@@ -589,6 +600,7 @@ def expected_counts(rows: int, made: dict[str, int]) -> dict[str, dict[str, int]
             "updated": made["changed"],
             "unchanged": rows - made["changed"],
         },
+        "apply_all_changed": {**zero, "rows": rows, "updated": live, "unchanged": made["deleted"]},
     }
 
 
@@ -608,14 +620,15 @@ def run(args: argparse.Namespace, reg: Registry, work: Path) -> dict[str, Any]:
         directory.mkdir(parents=True)
     original = dirs["20250101-020000"] / "users.csv"
     changed = dirs["20250103-020000"] / "users.csv"
-    log(f"writing users.csv with {args.rows:,} rows and its 1 % changed copy")
+    all_changed = dirs["20250104-020000"] / "users.csv"
+    log(f"writing users.csv with {args.rows:,} rows and two changed copies")
     started = time.monotonic()
-    made = generate(original, changed, args.rows, args.seed)
+    made = generate(original, changed, all_changed, args.rows, args.seed)
     os.link(original, dirs["20250102-020000"] / "users.csv")  # re-apply: the same bytes
     generated_s = time.monotonic() - started
     size = original.stat().st_size
     log(f"wrote {size / 1e6:.1f} MB per file in {generated_s:.1f} s")
-    sha = {path: sha256_file(path) for path in (original, changed)}
+    sha = {path: sha256_file(path) for path in (original, changed, all_changed)}
     db_url = f"sqlite:///{work / 'state' / 'ingest.db'}"
     Database(db_url).migrate()
     if args.profile is not None:
