@@ -150,8 +150,9 @@ class Stage:
             f" action TEXT NOT NULL, {_COLS}, digest INTEGER NOT NULL)"
         )
         conn.execute("CREATE TEMP TABLE kept (email TEXT PRIMARY KEY) WITHOUT ROWID")
-        # A district's first epoch has nothing to compare with (and this transaction is
-        # the only writer): every row is a creation.
+        # A district's first epoch has nothing to compare with (a district's epochs are
+        # processed one at a time, so none can add accounts meanwhile): every row is a
+        # creation.
         self._has_accounts = district is not None and bool(
             conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM accounts WHERE district = ?)", (district,)
