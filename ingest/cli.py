@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import csv
 import json
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from ingest.sftp import load_or_create_host_keys
 from ingest.store import Database, DistrictError, DistrictStore
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
 
 
 class CommandError(Exception):
@@ -42,13 +44,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         handler: Callable[[argparse.Namespace, Config], int] = args.handler
-        return handler(args, config)
+        code = handler(args, config)
+        sys.stdout.flush()  # so that a reader that left shows here, not at exit
+        return code
     except ConfigError as exc:
         print(f"ingest: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (CommandError, DistrictError) as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `ingest accounts export NAME | head`: the reader left; no traceback. Python
+        # flushes stdout again at exit, so point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 def _parser() -> argparse.ArgumentParser:

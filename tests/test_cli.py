@@ -132,6 +132,26 @@ def test_hostkey_prints_the_fingerprints_the_server_uses(daemon: Daemon) -> None
         assert f"{fingerprint} {algorithm}" in out
 
 
+def test_output_into_a_closed_pipe_is_no_error(daemon: Daemon) -> None:
+    """`ingest accounts export NAME | head`: the reader leaves early; the command stops
+    quietly with 141 (as if killed by SIGPIPE), without a traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ingest", "hostkey"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=daemon.env,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141
+    assert result.stderr == ""
+
+
 def test_healthcheck(daemon: Daemon) -> None:
     assert "healthy" in ingest(daemon, "healthcheck", "--port", str(daemon.port)).stdout
     closed = ingest(daemon, "healthcheck", "--port", "1", check=False)
