@@ -44,8 +44,6 @@ class Server:
         os.environ.setdefault("SQLITE_TMPDIR", str(config.temp_dir.resolve()))
         database = Database(config.database_url, background_checkpoints=True)
         schema = await asyncio.to_thread(database.migrate)
-        self.checkpointer = Checkpointer(database)
-        self.checkpointer.start()
         config.districts_dir.mkdir(parents=True, exist_ok=True)
         host_keys = await asyncio.to_thread(load_or_create_host_keys, config.host_key_dir)
         districts = DistrictStore(database, config.districts_dir)
@@ -62,6 +60,8 @@ class Server:
             open_uploads=open_uploads,
         )
         self.port = await self.sftp.start()
+        self.checkpointer = Checkpointer(database)
+        self.checkpointer.start()
         self.log.info(
             "server.started",
             host=config.server.host,

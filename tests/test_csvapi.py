@@ -15,7 +15,14 @@ from ingest.epochs.handoff import ClaimedEpoch, FileInfo
 from ingest.provisioning.csvapi import Limits, ValidationReport, validate_users_csv
 from ingest.provisioning.processor import ProvisioningProcessor
 from ingest.provisioning.repeats import Repeat, RepeatFinder
-from ingest.provisioning.staging import Stage, all_tidy, tidy_buildings, tidy_roles
+from ingest.provisioning.staging import (
+    BATCH,
+    Stage,
+    _padded,
+    all_tidy,
+    tidy_buildings,
+    tidy_roles,
+)
 from ingest.store.db import Database
 
 HEADER = "Email,First Name,Last Name,Middle Name,Staff Id,Title,Role,Buildings,Deleted\r\n"
@@ -304,30 +311,33 @@ def test_tidying_shortcut_changes_nothing() -> None:
         assert not all_tidy(["North,South", value, "East"]), repr(value)
 
 
+def apply_file(database: Database, directory: Path, content: str) -> dict[str, int]:
+    """Apply ``content`` as the users.csv of the epoch ``directory`` (named like one) of
+    district ``d``, as the daemon's processor does; returns the outcome's counts."""
+    processor = ProvisioningProcessor(ProvisioningConfig(deletion_share=1.0, max_bad_row_share=1.0))
+    directory.mkdir()
+    path = directory / "users.csv"
+    path.write_text(content)
+    files = (FileInfo("users.csv", path.stat().st_size, ""),)
+    epoch = ClaimedEpoch("d", directory.name, directory, files, "upload")
+    with processor.prepare(epoch, database) as prepared, database.connect() as conn:
+        outcome = processor.process(epoch, conn, prepared)
+    assert outcome.status == "applied"
+    return dict(outcome.summary)
+
+
 def test_changes_to_more_accounts_than_a_batch_all_apply(tmp_path: Path) -> None:
     """40,000 accounts, then a file that changes every one: the updates are read and
     applied a batch at a time, and each account is updated and logged exactly once."""
     database = Database(f"sqlite:///{tmp_path}/state.db")
     database.migrate()
-    processor = ProvisioningProcessor(ProvisioningConfig(deletion_share=1.0))
     rows = 40_000
 
-    def apply(name: str, title: str) -> dict[str, int]:
-        directory = tmp_path / name
-        directory.mkdir()
-        path = directory / "users.csv"
-        path.write_text(
-            HEADER + "".join(f"u{i}@example.org,U,{i},,S{i},{title},,,\r\n" for i in range(rows))
-        )
-        files = (FileInfo("users.csv", path.stat().st_size, ""),)
-        epoch = ClaimedEpoch("d", name, directory, files, "upload")
-        with processor.prepare(epoch, database) as prepared, database.connect() as conn:
-            outcome = processor.process(epoch, conn, prepared)
-        assert outcome.status == "applied"
-        return dict(outcome.summary)
+    def content(title: str) -> str:
+        return HEADER + "".join(f"u{i}@example.org,U,{i},,S{i},{title},,,\r\n" for i in range(rows))
 
-    assert apply("20260101-000000", "Teacher")["created"] == rows
-    assert apply("20260102-000000", "Coach")["updated"] == rows
+    assert apply_file(database, tmp_path / "20260101-000000", content("Teacher"))["created"] == rows
+    assert apply_file(database, tmp_path / "20260102-000000", content("Coach"))["updated"] == rows
     with database.read() as conn:
         titles = conn.execute("SELECT title, COUNT(*) FROM accounts GROUP BY title").fetchall()
         logged = conn.execute(
@@ -335,3 +345,29 @@ def test_changes_to_more_accounts_than_a_batch_all_apply(tmp_path: Path) -> None
         ).fetchone()
     assert [tuple(t) for t in titles] == [("Coach", rows)]
     assert tuple(logged) == (rows, rows)
+
+
+def test_a_later_duplicate_does_not_touch_an_unchanged_account(tmp_path: Path) -> None:
+    """The first row of an e-mail matches its account; a second row with the same e-mail
+    and other values is a key_duplicate. The account stays exactly as it was: not even
+    its updated_at or epoch change."""
+    database = Database(f"sqlite:///{tmp_path}/state.db")
+    database.migrate()
+    ann = "ann@example.org,Ann,Lee,,,,,,\r\n"
+    apply_file(database, tmp_path / "20260101-000000", HEADER + ann)
+    with database.read() as conn:
+        before = tuple(conn.execute("SELECT * FROM accounts").fetchone())
+    counts = apply_file(
+        database, tmp_path / "20260102-000000", HEADER + ann + ann.replace("Ann,", "Anne,")
+    )
+    assert counts["unchanged"] == 1 and counts["skipped"] == 1 and counts["updated"] == 0
+    with database.read() as conn:
+        assert tuple(conn.execute("SELECT * FROM accounts").fetchone()) == before
+
+
+def test_comparison_statements_come_in_few_sizes() -> None:
+    """Each size is a statement of its own in the connection's cache; batches of any
+    length must share a few of them."""
+    sizes = {_padded(rows) for rows in range(1, BATCH + 1)}
+    assert len(sizes) <= 12 and max(sizes) == BATCH
+    assert all(_padded(rows) >= rows for rows in range(1, BATCH + 1))

@@ -8,12 +8,13 @@ the log. The daemon's connections (``Database(..., background_checkpoints=True)`
 in processing children) therefore never checkpoint; this thread does, every
 ``interval`` seconds, in PASSIVE mode: it copies what it can without waiting for or
 blocking readers and writers, and the log is reused from its start once a checkpoint
-has caught up. The admin CLI keeps SQLite's automatic checkpoints: it runs alone.
+has caught up. The admin CLI keeps SQLite's automatic checkpoints (a CLI process has no
+such thread), so an admin command that writes right after a large epoch may do that
+checkpoint in its own COMMIT; this thread's next round then finds nothing to do.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 
@@ -59,8 +60,10 @@ class Checkpointer:
         start = time.monotonic()
         try:
             busy, log_pages, done = self.database.checkpoint(mode, wait_ms)
-        except sqlite3.Error as exc:  # a locked file: the next round retries
-            self.log.warning("database.checkpoint_failed", mode=mode, error=str(exc))
+        except Exception as exc:  # the thread must go on: nothing else checkpoints
+            self.log.warning("database.checkpoint_failed", mode=mode, error=repr(exc))
+            return
+        if log_pages < 0:  # another connection was checkpointing: nothing was done
             return
         # SQLite counts the pages copied since the log last started over.
         last_log, last_done = self._last
