@@ -123,6 +123,24 @@ def test_processing_children_do_not_outlive_a_killed_daemon(tmp_path: Path) -> N
         wait_until(lambda: not Path(f"/proc/{child}").exists(), 10, "the child to exit")
 
 
+def test_shutdown_lets_the_running_epoch_finish_and_report(tmp_path: Path) -> None:
+    rows = "".join(f"user{i}@example.org,User,{i},S{i}\r\n" for i in range(150_000))
+    epoch = "20260501-020000"
+    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
+        district = daemon.add_district()
+        put_epoch(daemon, district, epoch, HEADER + rows)
+        daemon.wait_for("epoch.claimed", district=district.name, epoch=epoch)
+        child = wait_until(lambda: processing_children(daemon), 30, "a processing child")[0]
+        wait_until(lambda: reading_users_csv(child), 30, "the child to read users.csv")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_for("epochs.draining")["running"] == 1
+        assert daemon.wait_exit() == 0
+        names = [e["event"] for e in daemon.logs]
+        assert names.index("epoch.applied") < names.index("server.stopped")
+        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=epoch)
+        assert applied["summary"]["created"] == 150_000
+
+
 def test_a_child_killed_during_shutdown_leaves_the_epoch_to_the_next_start(
     tmp_path: Path,
 ) -> None:
@@ -135,7 +153,7 @@ def test_a_child_killed_during_shutdown_leaves_the_epoch_to_the_next_start(
         child = wait_until(lambda: processing_children(daemon), 30, "a processing child")[0]
         wait_until(lambda: reading_users_csv(child), 30, "the child to read users.csv")
         daemon.signal(signal.SIGTERM)  # the daemon waits for the epoch...
-        daemon.wait_for("server.stopping")
+        daemon.wait_for("epochs.draining")
         os.kill(child, signal.SIGKILL)  # ...whose process dies meanwhile
         daemon.wait_for("epoch.interrupted", district=district.name, epoch=epoch)
         assert daemon.wait_exit() == 0

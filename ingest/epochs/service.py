@@ -130,6 +130,7 @@ class EpochService:
         self._with_marker: set[tuple[str, str]] = set()  # epochs whose COMPLETE was seen
         self._tasks: list[asyncio.Task[None]] = []
         self._publishing: set[asyncio.Task[None]] = set()
+        self._processing: set[asyncio.Task[bool]] = set()  # running processors
         self._in_flight: set[tuple[str, str]] = set()  # queued, processing or publishing
         self._observer: Any = None
         self._stopping = False
@@ -183,6 +184,9 @@ class EpochService:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._processing:
+            self.log.info("epochs.draining", running=len(self._processing))
+            await asyncio.gather(*self._processing, return_exceptions=True)
         workers = [*self._workers.values(), *self._publishing]
         for worker in workers:
             worker.cancel()
@@ -570,7 +574,12 @@ class EpochService:
             self.log.warning("epoch.superseded", district=district, epoch=name)
         elif state == "processing":
             self.log.info("epoch.claimed", district=district, epoch=name, attempt=record.attempts)
-            return await self._run_processor(record)
+            # Shielded, and awaited by stop(): a shutdown lets the processor finish and log
+            # its outcome (or epoch.interrupted) instead of cancelling the wait for it.
+            task = asyncio.get_running_loop().create_task(self._run_processor(record))
+            self._processing.add(task)
+            task.add_done_callback(self._processing.discard)
+            return await asyncio.shield(task)
         return True
 
     def _claim_blocking(self, district: str, name: str) -> tuple[str, EpochRecord] | None:
