@@ -16,6 +16,8 @@ from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon, wait_unt
 from tests.test_provisioning import export
 
 HEADER = "Email,First Name,Last Name,Staff Id\r\n"
+EPOCH = "20260501-020000"
+LARGE_ROWS = 150_000  # 6 MB: processed in a child
 
 
 def processing_children(daemon: Daemon) -> list[int]:
@@ -57,17 +59,23 @@ def put_epoch(daemon: Daemon, district: Credentials, epoch: str, content: str) -
             pass
 
 
+def start_large_epoch(daemon: Daemon) -> tuple[Credentials, int]:
+    """A new district uploads EPOCH with LARGE_ROWS rows; returns it and the processing
+    child once that child is in its pass over users.csv."""
+    district = daemon.add_district()
+    rows = "".join(f"user{i}@example.org,User,{i},S{i}\r\n" for i in range(LARGE_ROWS))
+    put_epoch(daemon, district, EPOCH, HEADER + rows)
+    daemon.wait_for("epoch.claimed", district=district.name, epoch=EPOCH)
+    child = wait_until(lambda: processing_children(daemon), 30, "a processing child")[0]
+    wait_until(lambda: reading_users_csv(child), 30, "the child to read users.csv")
+    return district, child
+
+
 def test_a_killed_processing_child_applies_nothing_and_the_epoch_can_be_redone(
     tmp_path: Path,
 ) -> None:
-    rows = "".join(f"user{i}@example.org,User,{i},S{i}\r\n" for i in range(150_000))
     with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
-        district = daemon.add_district()
-        epoch = "20260501-020000"
-        put_epoch(daemon, district, epoch, HEADER + rows)
-        daemon.wait_for("epoch.claimed", district=district.name, epoch=epoch)
-        child = wait_until(lambda: processing_children(daemon), 30, "a processing child")[0]
-        wait_until(lambda: reading_users_csv(child), 30, "the child to read users.csv")
+        district, child = start_large_epoch(daemon)
         # The pass over the file holds no write lock: other districts' epochs, the ledger
         # and the CLI can write meanwhile (only applying the result takes it).
         other = sqlite3.connect(daemon.data_dir / "state" / "ingest.db", timeout=0)
@@ -77,20 +85,20 @@ def test_a_killed_processing_child_applies_nothing_and_the_epoch_can_be_redone(
         assert reading_users_csv(child)  # still in the pass: the check above was meaningful
         os.kill(child, signal.SIGKILL)  # inside the epoch's work (its transaction follows)
 
-        failed = daemon.wait_for("epoch.failed", district=district.name, epoch=epoch)
+        failed = daemon.wait_for("epoch.failed", district=district.name, epoch=EPOCH)
         assert "exited before it finished" in failed["error"]
-        daemon.wait_for("epoch.published", district=district.name, epoch=epoch)
-        report = daemon.root(district.name) / "upload-processed" / epoch / "report.json"
+        daemon.wait_for("epoch.published", district=district.name, epoch=EPOCH)
+        report = daemon.root(district.name) / "upload-processed" / EPOCH / "report.json"
         published = json.loads(report.read_text())
         assert published["status"] == "failed"
         assert [e["code"] for e in published["errors"]] == ["processor_error"]
         assert export(daemon, district.name) == []  # the transaction died with the child
 
         # A fresh child takes the reprocessed epoch; every account arrives exactly once.
-        daemon.cli("epochs", "reprocess", district.name, epoch, check=True)
-        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=epoch)
-        assert applied["summary"]["created"] == 150_000
-        assert len(export(daemon, district.name)) == 150_000
+        daemon.cli("epochs", "reprocess", district.name, EPOCH, check=True)
+        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=EPOCH)
+        assert applied["summary"]["created"] == LARGE_ROWS
+        assert len(export(daemon, district.name)) == LARGE_ROWS
 
 
 @pytest.mark.parametrize(
@@ -103,7 +111,7 @@ def test_processing_inside_the_daemon(tmp_path: Path, settings: dict[str, str]) 
         district = daemon.add_district()
         epoch = "20260501-020000"
         put_epoch(daemon, district, epoch, HEADER + "ann@example.org,Ann,Lee,\r\n")
-        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=epoch)
+        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=EPOCH)
         assert applied["summary"]["created"] == 1
         assert processing_children(daemon) == []
         assert [row["Email"] for row in export(daemon, district.name)] == ["ann@example.org"]
@@ -124,42 +132,30 @@ def test_processing_children_do_not_outlive_a_killed_daemon(tmp_path: Path) -> N
 
 
 def test_shutdown_lets_the_running_epoch_finish_and_report(tmp_path: Path) -> None:
-    rows = "".join(f"user{i}@example.org,User,{i},S{i}\r\n" for i in range(150_000))
-    epoch = "20260501-020000"
     with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
-        district = daemon.add_district()
-        put_epoch(daemon, district, epoch, HEADER + rows)
-        daemon.wait_for("epoch.claimed", district=district.name, epoch=epoch)
-        child = wait_until(lambda: processing_children(daemon), 30, "a processing child")[0]
-        wait_until(lambda: reading_users_csv(child), 30, "the child to read users.csv")
+        district, _ = start_large_epoch(daemon)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait_for("epochs.draining")["running"] == 1
         assert daemon.wait_exit() == 0
         names = [e["event"] for e in daemon.logs]
         assert names.index("epoch.applied") < names.index("server.stopped")
-        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=epoch)
-        assert applied["summary"]["created"] == 150_000
+        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=EPOCH)
+        assert applied["summary"]["created"] == LARGE_ROWS
 
 
 def test_a_child_killed_during_shutdown_leaves_the_epoch_to_the_next_start(
     tmp_path: Path,
 ) -> None:
-    rows = "".join(f"user{i}@example.org,User,{i},S{i}\r\n" for i in range(150_000))
-    epoch = "20260501-020000"
     with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
-        district = daemon.add_district()
-        put_epoch(daemon, district, epoch, HEADER + rows)
-        daemon.wait_for("epoch.claimed", district=district.name, epoch=epoch)
-        child = wait_until(lambda: processing_children(daemon), 30, "a processing child")[0]
-        wait_until(lambda: reading_users_csv(child), 30, "the child to read users.csv")
+        district, child = start_large_epoch(daemon)
         daemon.signal(signal.SIGTERM)  # the daemon waits for the epoch...
         daemon.wait_for("epochs.draining")
         os.kill(child, signal.SIGKILL)  # ...whose process dies meanwhile
-        daemon.wait_for("epoch.interrupted", district=district.name, epoch=epoch)
+        daemon.wait_for("epoch.interrupted", district=district.name, epoch=EPOCH)
         assert daemon.wait_exit() == 0
         assert not daemon.events("epoch.failed")
     with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:  # same data dir: a restart
         daemon.wait_for("epoch.recovered")
-        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=epoch)
-        assert applied["summary"]["created"] == 150_000
-        assert len(export(daemon, district.name)) == 150_000
+        applied = daemon.wait_for("epoch.applied", district=district.name, epoch=EPOCH)
+        assert applied["summary"]["created"] == LARGE_ROWS
+        assert len(export(daemon, district.name)) == LARGE_ROWS
