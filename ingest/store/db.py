@@ -190,15 +190,8 @@ class Database:
         writes to TEMP tables survives it. It must not write to the main database (that
         would take the write lock, which is what it is for not holding: see
         ``Processor.prepare``)."""
-        conn = self._thread_connection()
-        conn.execute("BEGIN")
-        try:
+        with self._transaction("BEGIN") as conn:
             yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -208,8 +201,13 @@ class Database:
         the thread that made it): opening one per transaction cost more than the
         transaction itself on the hot path of the epoch layer.
         """
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
         conn = self._thread_connection()
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(begin)
         try:
             yield conn
             conn.execute("COMMIT")
