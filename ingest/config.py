@@ -163,6 +163,12 @@ class Config:
         return self.database.url or f"sqlite:///{self.data_dir / 'state' / 'ingest.db'}"
 
     @property
+    def journal_path(self) -> Path:
+        """Server-only: the upload journal (ingest/store/journal.py), a SQLite file of its
+        own beside the state, so that an upload never waits for the state's write lock."""
+        return self.data_dir / "state" / "uploads.db"
+
+    @property
     def districts_dir(self) -> Path:
         return self.data_dir / "districts"
 

@@ -16,13 +16,14 @@ from ingest.epochs.service import EpochService
 from ingest.logging import flush_logs, get_logger
 from ingest.sftp import (
     FanOut,
-    OpenUploads,
     SFTPEventHandler,
     SFTPService,
+    UploadRegistry,
     load_or_create_host_keys,
 )
 from ingest.store import Database, DistrictStore
 from ingest.store.checkpoint import Checkpointer
+from ingest.store.journal import UploadJournal
 
 
 class Server:
@@ -47,17 +48,30 @@ class Server:
         config.districts_dir.mkdir(parents=True, exist_ok=True)
         host_keys = await asyncio.to_thread(load_or_create_host_keys, config.host_key_dir)
         districts = DistrictStore(database, config.districts_dir)
-        open_uploads = OpenUploads()
-        self.epochs = EpochService(config, database, open_uploads)
+        # One registry, passed to both layers (never defaulted); the journal behind it
+        # says which files a crash or a dropped session left cut off.
+        uploads = UploadRegistry()
+        journal = UploadJournal(config.journal_path, config.districts_dir)
+        await asyncio.to_thread(journal.open)
+        for cut in await asyncio.to_thread(journal.recover):
+            uploads.mark_incomplete(cut.path)
+            self.log.warning(
+                "upload.interrupted",
+                district=cut.district,
+                path=cut.virtual,
+                size=cut.size,
+            )
+        self.epochs = EpochService(config, database, uploads)
         await self.epochs.start()
-        events = FanOut(self.epochs, self.events) if self.events else self.epochs
+        events = FanOut(self.epochs, self.events) if self.events is not None else self.epochs
         self.sftp = SFTPService(
             config.server,
             host_keys,
             districts,
-            events,
+            events=events,
             policy=self.epochs.policy,
-            open_uploads=open_uploads,
+            uploads=uploads,
+            journal=journal,
         )
         self.port = await self.sftp.start()
         self.checkpointer = Checkpointer(database)
@@ -96,13 +110,13 @@ class Server:
             self.epochs.stop_starting()
         self.log.info(
             "server.stopping",
-            open_uploads=len(sftp.open_uploads),
+            open_uploads=sftp.uploads.open_count(),
             sessions=len(sftp.connections),
             grace=grace,
         )
         drained = await sftp.drain(grace)
         if not drained:
-            self.log.warning("server.drain_timeout", open_uploads=len(sftp.open_uploads))
+            self.log.warning("server.drain_timeout", open_uploads=sftp.uploads.open_count())
         await sftp.close()
         self.sftp = None
         if self.epochs is not None:

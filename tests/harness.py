@@ -6,6 +6,7 @@ Synchronisation is always "wait for a condition with a deadline": a log event, a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -20,6 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ingest.config import load_config
+from ingest.logging import configure_logging
+from ingest.server import Server
+from ingest.sftp import SFTPEventHandler
 from ingest.store import Database, DistrictStore
 
 DEFAULT_TIMEOUT = 15.0
@@ -88,6 +93,17 @@ class Daemon:
     raw: list[str] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _counter: int = 0
+    loop: asyncio.AbstractEventLoop | None = None  # the server's, when run in process
+
+    def on_loop(self, fn: Callable[[], Any]) -> Any:
+        """Call ``fn`` on an in-process server's event loop (where its registries live)
+        and return what it returns."""
+        assert self.loop is not None, "only for run_in_process"
+
+        async def call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(10)
 
     # --- logs -------------------------------------------------------------------------
 
@@ -222,7 +238,10 @@ def run_daemon(workdir: Path, **settings: Any) -> Iterator[Daemon]:
     """Start ``ingest serve`` with a fresh data dir; settings are ``section_key=value``."""
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    # SQLITE_TMPDIR too: an in-process server (run_in_process) sets it for this process.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("INGEST_") and k != "SQLITE_TMPDIR"
+    }
     env.update(
         {
             "INGEST_STORAGE_DATA_DIR": str(data_dir),
@@ -259,3 +278,46 @@ def run_daemon(workdir: Path, **settings: Any) -> Iterator[Daemon]:
                 proc.kill()
                 proc.wait()
         pump.join(timeout=5)
+
+
+@contextmanager
+def run_in_process(
+    workdir: Path, events: SFTPEventHandler | None = None, **settings: Any
+) -> Iterator[tuple[Server, Daemon]]:
+    """The real Server in this process, on its own event loop in a thread, for tests that
+    must look at (or slow down) its parts directly; ``Daemon`` is a view without a
+    subprocess for the client helpers (port, keys, roots). Settings as for run_daemon."""
+    data_dir = workdir / "data"
+    env = {
+        "INGEST_STORAGE_DATA_DIR": str(data_dir),
+        "INGEST_SERVER_PORT": "0",
+        "INGEST_SERVER_HOST": "127.0.0.1",
+        "INGEST_LOGGING_FORMAT": "json",
+        **{f"INGEST_{key.upper()}": str(value) for key, value in settings.items()},
+    }
+    config = load_config(environ=env)
+    configure_logging(config.logging)
+    server = Server(config, events=events)
+    sqlite_tmpdir = os.environ.get("SQLITE_TMPDIR")  # Server.startup() sets it if unset
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.startup())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(30)
+    view = Daemon(proc=None, data_dir=data_dir, env=env, port=server.port or 0)  # type: ignore[arg-type]
+    view.loop = loop
+    try:
+        yield server, view
+    finally:
+        asyncio.run_coroutine_threadsafe(server.shutdown(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        if sqlite_tmpdir is None:
+            os.environ.pop("SQLITE_TMPDIR", None)

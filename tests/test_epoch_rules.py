@@ -155,8 +155,10 @@ def test_policy() -> None:
     assert reason("mkdir", "/upload/29991231-000000") == "epoch_in_future"
 
 
-def test_archive_survives_a_crash_between_link_and_rename(tmp_path: Path) -> None:
-    from ingest.epochs.files import archive
+def test_archive_is_a_private_verified_copy_and_survives_a_crash(tmp_path: Path) -> None:
+    import hashlib
+
+    from ingest.epochs.files import ArchiveMismatch, archive
     from ingest.epochs.handoff import FileInfo
 
     source, target = tmp_path / "epoch", tmp_path / "archive"
@@ -164,6 +166,19 @@ def test_archive_survives_a_crash_between_link_and_rename(tmp_path: Path) -> Non
     target.mkdir()
     (source / "users.csv").write_bytes(b"x")
     (target / ".users.csv.tmp").write_bytes(b"")  # what a kill -9 can leave behind
-    archive(source, target, [FileInfo("users.csv", 1, "")])
+    info = FileInfo("users.csv", 1, hashlib.sha256(b"x").hexdigest())
+    archive(source, target, [info])
     assert (target / "users.csv").read_bytes() == b"x"
     assert not (target / ".users.csv.tmp").exists()
+    # Not a hard link: what happens to the uploaded file does not reach the archive.
+    assert (target / "users.csv").stat().st_ino != (source / "users.csv").stat().st_ino
+    (source / "users.csv").write_bytes(b"y")
+    archive(source, target, [info])  # a restart redoing the claim: verified, kept
+    (target / "users.csv").write_bytes(b"z")
+    with pytest.raises(ArchiveMismatch) as same_size:
+        archive(source, target, [info])
+    assert same_size.value.sha256 == hashlib.sha256(b"z").hexdigest()
+    (target / "users.csv").write_bytes(b"zz")
+    with pytest.raises(ArchiveMismatch) as other_size:
+        archive(source, target, [info])
+    assert other_size.value.size == 2 and other_size.value.sha256 is None

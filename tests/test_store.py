@@ -1,7 +1,8 @@
-"""The state database's own machinery: background WAL checkpoints."""
+"""The state database's own machinery: background WAL checkpoints, the upload journal."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -65,3 +66,44 @@ def test_a_busy_round_is_not_counted_as_a_checkpoint(tmp_path: Path) -> None:
         for _ in range(4):
             checkpointer.checkpoint("PASSIVE")
     assert [(e["event"], e["pages"]) for e in logs] == [("database.checkpoint", 20_000)]
+
+
+def test_upload_journal_records_what_is_not_whole(tmp_path: Path) -> None:
+    from ingest.store.journal import UploadJournal
+
+    root = tmp_path / "districts"
+    epoch = root / "d" / "upload" / "20260101-000000"
+    epoch.mkdir(parents=True)
+    for name in ("users.csv", "staff.csv", "notes.csv.part"):
+        (epoch / name).write_bytes(b"x")
+    journal = UploadJournal(tmp_path / "uploads.db", root)
+    journal.open()
+    whole = journal.begin("d", epoch / "users.csv", "s1")
+    journal.finished(whole, epoch / "users.csv")  # closed by the client: whole
+    cut = journal.begin("d", epoch / "staff.csv", "s1")
+    journal.cut(cut, 7)  # the session dropped
+    again = journal.begin("d", epoch / "staff.csv", "s2")
+    journal.cut(again, 9)  # cut off again: still one row for the file
+    left_open = journal.begin("d", epoch / "notes.csv.part", "s3")  # open at the crash
+    failed = journal.begin("d", epoch / "other.csv", "s3")
+    journal.forget(failed)  # its open failed: nothing was touched
+    # A rename in progress keeps the file flagged under both names...
+    copies = journal.rename_begin(epoch / "notes.csv.part", epoch / "notes.csv")
+    assert len(copies) == 1
+    os.rename(epoch / "notes.csv.part", epoch / "notes.csv")
+    # ...and once it is done, only under the new one (the open row follows: same id).
+    journal.rename_end(epoch / "notes.csv.part", epoch / "notes.csv", copies, True)
+    moved = root / "d" / "upload" / "20260102-000000"
+    copies = journal.rename_begin(epoch, moved)  # a whole directory
+    os.rename(epoch, moved)
+    journal.rename_end(epoch, moved, copies, True)
+    recovered = {c.virtual: c.size for c in journal.recover()}
+    assert recovered == {
+        "/upload/20260102-000000/staff.csv": 9,
+        "/upload/20260102-000000/notes.csv": None,
+    }
+    assert {c.path for c in journal.recover()} == {moved / "staff.csv", moved / "notes.csv"}
+    journal.finished(left_open, moved / "notes.csv")  # uploaded again, closed
+    (moved / "staff.csv").unlink()
+    journal.removed(moved / "staff.csv")
+    assert journal.recover() == []

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from ingest.config import load_config
-from ingest.logging import configure_logging
 from ingest.server import Server
 from ingest.sftp import SFTPEvent, UploadAborted, UploadFinished, UploadStarted
 from ingest.sftp.writer import FileWriter
 from tests.clients import paramiko_client, ssh_options
-from tests.harness import Credentials, Daemon, require_tool, wait_until
+from tests.harness import Credentials, Daemon, require_tool, run_in_process, wait_until
 
 
 def test_dropped_session_is_aborted_not_finished(daemon: Daemon, district: Credentials) -> None:
@@ -104,36 +102,9 @@ class _Recorder:
 @pytest.fixture
 def in_process(tmp_path: Path) -> Iterator[tuple[Server, _Recorder, Daemon]]:
     """The Server object in this process, so the typed interfaces can be checked directly."""
-    env = {
-        "INGEST_STORAGE_DATA_DIR": str(tmp_path / "data"),
-        "INGEST_SERVER_PORT": "0",
-        "INGEST_SERVER_HOST": "127.0.0.1",
-        "INGEST_LOGGING_FORMAT": "json",
-    }
-    config = load_config(environ=env)
-    configure_logging(config.logging)
     recorder = _Recorder()
-    server = Server(config, events=recorder)
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.startup())
-        started.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(30)
-    # A Daemon view without a subprocess, for the client helpers (port, keys, roots).
-    view = Daemon(proc=None, data_dir=tmp_path / "data", env=env, port=server.port or 0)  # type: ignore[arg-type]
-    try:
+    with run_in_process(tmp_path, events=recorder) as (server, view):
         yield server, recorder, view
-    finally:
-        asyncio.run_coroutine_threadsafe(server.shutdown(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
 
 
 def test_typed_events_and_open_uploads(
@@ -142,7 +113,7 @@ def test_typed_events_and_open_uploads(
     server, recorder, view = in_process
     creds = view.add_district("typed")
     assert server.sftp is not None
-    open_uploads = server.sftp.open_uploads
+    open_uploads = server.sftp.uploads
     real = view.root("typed").resolve() / "upload/20260101-000000/users.csv"
     data = os.urandom(3 * 1024 * 1024)  # above INLINE_DIGEST_MAX: digest after the reply
     with paramiko_client(view, creds) as client:
@@ -160,7 +131,7 @@ def test_typed_events_and_open_uploads(
         fh = sftp.open("/upload/20260101-000000/partial.csv", "wb")
         fh.write(b"abc")
         fh.flush()
-        wait_until(lambda: len(open_uploads) == 1, what="second upload open")
+        wait_until(lambda: open_uploads.open_count() == 1, what="second upload open")
     wait_until(lambda: recorder.of(UploadAborted), what="UploadAborted when the session ends")
     finished = recorder.of(UploadFinished)[0]
     assert isinstance(finished, UploadFinished)
@@ -171,7 +142,7 @@ def test_typed_events_and_open_uploads(
     assert (
         isinstance(aborted, UploadAborted) and aborted.path == "/upload/20260101-000000/partial.csv"
     )
-    assert len(open_uploads) == 0
+    assert open_uploads.open_count() == 0
 
 
 # --- FileWriter, the write-behind under every upload --------------------------------------

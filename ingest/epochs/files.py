@@ -3,14 +3,17 @@
 - promotion builds an epoch from ``*_auto.csv`` in a server-only staging directory and
   renames it into ``/upload/`` complete with its COMPLETE, so a half-built epoch is never
   visible and a crash leaves something :func:`finish_staged` can complete;
-- archiving hard-links a claimed epoch's files into ``archive/``, an immutable copy the
-  processor reads (and ``ingest epochs reprocess`` reuses);
+- archiving makes a private copy of a claimed epoch's files in ``archive/`` (a reflink
+  where the file system has them), which the processor reads and ``ingest epochs
+  reprocess`` reuses, and verifies it against the ledger's size and sha256 every time;
 - publishing writes the reports into the epoch and renames it into ``/upload-processed/``;
   repeating it after a crash rewrites the reports and changes nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -26,6 +29,17 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 FILE_MODE = 0o640
 DIR_MODE = 0o750
 _CHUNK = 1024 * 1024
+_FICLONE = 0x40049409  # linux/fs.h: share the source's extents (btrfs, XFS, bcachefs)
+
+
+class ArchiveMismatch(Exception):
+    """An archived file is not what the ledger recorded: never process it."""
+
+    def __init__(self, expected: FileInfo, size: int, sha256: str | None) -> None:
+        super().__init__(f"{expected.name}: size {size}, sha256 {sha256}")
+        self.expected = expected
+        self.size = size
+        self.sha256 = sha256
 
 
 def sha256_file(path: Path) -> str:
@@ -93,20 +107,41 @@ def _write_marker(directory: Path) -> None:
 
 
 def archive(source_dir: Path, archive_dir: Path, files: Iterable[FileInfo]) -> Path:
-    """An immutable copy of the epoch's files: hard links (same file system) or copies."""
+    """The epoch's files as the processor must see them: a private copy (never a hard
+    link: the uploaded file's inode stays reachable by clients and other writers), made
+    once, then checked against the ledger's size and sha256 on every use (a claim, a
+    restart redoing it, a reprocess). Raises :class:`ArchiveMismatch`."""
     archive_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     for info in files:
         target = archive_dir / info.name
-        if target.exists():
-            continue  # a restart redoing the claim
-        tmp = archive_dir / f".{info.name}.tmp"
-        tmp.unlink(missing_ok=True)  # left by a crash between link and rename
-        try:
-            os.link(source_dir / info.name, tmp)
-        except OSError:
-            shutil.copy2(source_dir / info.name, tmp)
-        os.replace(tmp, target)
+        if not target.exists():
+            tmp = archive_dir / f".{info.name}.tmp"
+            tmp.unlink(missing_ok=True)  # left by a crash between copy and rename
+            private_copy(source_dir / info.name, tmp)
+            os.replace(tmp, target)
+        verify(target, info)
     return archive_dir
+
+
+def private_copy(source: Path, target: Path) -> None:
+    """Copy ``source`` to a new file ``target``: a reflink where the file system can
+    (instant, and copy-on-write keeps the two independent), else a plain copy."""
+    with source.open("rb") as src:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with os.fdopen(fd, "wb") as dst:
+            with contextlib.suppress(OSError):
+                fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+                return
+            shutil.copyfileobj(src, dst, _CHUNK)
+
+
+def verify(path: Path, expected: FileInfo) -> None:
+    size = path.stat().st_size
+    if size != expected.size:
+        raise ArchiveMismatch(expected, size, None)
+    digest = sha256_file(path)
+    if digest != expected.sha256:
+        raise ArchiveMismatch(expected, size, digest)
 
 
 def publish(

@@ -258,25 +258,6 @@ class Ledger:
             rows = conn.execute("SELECT name FROM epochs WHERE district = ?", (district,))
             return {r["name"] for r in rows}
 
-    # --- files whose upload was cut off (persisted so a restart still refuses them) ---
-
-    def mark_incomplete(self, district: str, path: str, size: int) -> None:
-        with self.db.connect() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO incomplete_uploads (path, district, size, at)"
-                " VALUES (?, ?, ?, ?)",
-                (path, district, size, now()),
-            )
-
-    def clear_incomplete(self, paths: list[str]) -> None:
-        with self.db.connect() as conn:
-            conn.executemany("DELETE FROM incomplete_uploads WHERE path = ?", [(p,) for p in paths])
-
-    def incomplete(self) -> dict[str, int]:
-        with self.db.read() as conn:
-            rows = conn.execute("SELECT path, size FROM incomplete_uploads").fetchall()
-        return {r["path"]: r["size"] for r in rows}
-
     @staticmethod
     def _latest_applied(conn: sqlite3.Connection, district: str) -> str | None:
         row = conn.execute(

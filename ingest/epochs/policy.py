@@ -33,11 +33,13 @@ HOW_TO_UPLOAD = (
 
 
 class EpochRegistry:
-    """Per district: epoch names the ledger knows, and epochs that may no longer change."""
+    """Per district: epoch names the ledger knows, epochs that may no longer change, and
+    ``_auto.csv`` files being moved into a new epoch right now."""
 
     def __init__(self) -> None:
         self.known: defaultdict[str, set[str]] = defaultdict(set)
         self.submitted: defaultdict[str, set[str]] = defaultdict(set)
+        self.promoting: defaultdict[str, set[str]] = defaultdict(set)
 
     def is_submitted(self, district: str, name: str) -> bool:
         return name in self.submitted[district]
@@ -59,6 +61,12 @@ class EpochPolicy:
             self._check_inside(district, operation, parts[1], parts[2:])
 
     def _check_top(self, district: str, operation: str, name: str) -> None:
+        if name in self.registry.promoting[district]:
+            raise Denied(
+                "auto_promoting",
+                f"{name} is being moved into a new epoch right now; upload again in a few "
+                "seconds (it becomes an epoch of its own)",
+            )
         if operation == "mkdir":
             parsed = parse_epoch_name(name)
             if parsed is None:

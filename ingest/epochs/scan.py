@@ -130,6 +130,9 @@ def judge_epoch(
 ) -> Verdict:
     """Is epoch ``name`` ready: COMPLETE present, nothing open, everything settled?
 
+    ``open_paths``: what the SFTP layer is changing in the epoch right now (files open for
+    writing, and files or names a request is about to change); any holds the epoch back,
+    however long it has been quiet.
     ``trusted_sizes``: files our SFTP server saw closed explicitly, with their size then.
     Such a file is settled as soon as it still has that size; any other file must not
     have changed for ``quiet_period`` seconds. ``incomplete``: files whose last upload was
@@ -142,7 +145,7 @@ def judge_epoch(
             return Verdict(False, "stale")
         return Verdict(False, "no_marker")
     candidates = [*everything, contents.marker]
-    if any(f.path in open_paths for f in candidates):
+    if open_paths:
         return Verdict(False, "files_open")
     if any(f.path in incomplete for f in candidates):
         return Verdict(False, "files_incomplete")  # a session ended mid-file

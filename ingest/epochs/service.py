@@ -34,17 +34,19 @@ from ingest.epochs.scan import Verdict, judge_epoch, list_upload, read_epoch
 from ingest.epochs.watcher import start_observer
 from ingest.logging import get_logger
 from ingest.sftp import (
-    OpenUploads,
     PathRenamed,
     SessionClosed,
     SFTPEvent,
     UploadAborted,
     UploadFinished,
+    UploadRegistry,
     UploadStarted,
 )
 from ingest.store.db import Database
 
 T = TypeVar("T")
+# A change admitted by the SFTP layer while an epoch was being judged: look again after.
+CHANGE_RECHECK = 0.2
 UPLOAD = "upload"
 PROCESSED = "upload-processed"
 
@@ -90,7 +92,7 @@ class FinishedFiles:
 class EpochService:
     """Implements the SFTP layer's event handler and upload policy; owns the epoch flow."""
 
-    def __init__(self, config: Config, database: Database, open_uploads: OpenUploads) -> None:
+    def __init__(self, config: Config, database: Database, uploads: UploadRegistry) -> None:
         self.config = config
         self.settings = config.epochs
         # Absolute and free of links, like the SFTP layer's paths (Chroot resolves its
@@ -101,7 +103,8 @@ class EpochService:
         self.ledger = Ledger(database)
         self.database = database
         self.runner = ProcessorRunner(config, database, self.ledger)
-        self.open_uploads = open_uploads
+        # Shared with the SFTP layer: what is open for writing, what was cut off.
+        self.uploads = uploads
         self.log = get_logger("ingest.epochs")
         self.registry = EpochRegistry()
         self.policy = EpochPolicy(self.registry, self.settings.loose_files, self.log)
@@ -112,11 +115,7 @@ class EpochService:
         # Threads that wait for the processor (in a child process by default, see
         # isolation.py); their own pool keeps file scans from queueing behind them.
         self._process_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-proc")
-        self._state_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-state")
         self._finished = FinishedFiles()
-        # Files whose upload was cut off (session dropped): never processed as they are.
-        # Mirrored in the database so that a restart does not forget them.
-        self._incomplete: set[Path] = set()
         self._dirty: defaultdict[str, set[str | None]] = defaultdict(set)
         self._wake = asyncio.Event()
         self._queues: defaultdict[str, set[str]] = defaultdict(set)
@@ -139,7 +138,6 @@ class EpochService:
 
     async def start(self) -> None:
         recovered = await self._io(self.ledger.recover)
-        self._incomplete = {Path(p) for p in await self._io(self.ledger.incomplete)}
         for district_dir in await self._io(self._district_dirs):
             district = district_dir.name
             self.registry.known[district] = await self._io(self.ledger.known_names, district)
@@ -193,7 +191,6 @@ class EpochService:
         await asyncio.gather(*workers, return_exceptions=True)
         self._process_pool.shutdown(wait=True)
         await self._io(self.runner.shutdown)
-        self._state_pool.shutdown(wait=True)
         self._publish_pool.shutdown(wait=True)
         self._io_pool.shutdown(wait=True)
 
@@ -209,9 +206,6 @@ class EpochService:
     def handle_sftp_event(self, event: SFTPEvent) -> None:
         if isinstance(event, UploadFinished):
             self._finished.add(event.real_path, event.size, event.sha256, time.time())
-            if event.real_path in self._incomplete:
-                self._incomplete.discard(event.real_path)
-                self._persist(self.ledger.clear_incomplete, [str(event.real_path)])
             self._touched(event.district, event.path)
         elif isinstance(event, UploadStarted):
             epoch = self._epoch_of(event.path)
@@ -219,23 +213,9 @@ class EpochService:
                 self._sessions[(event.district, epoch)].add(event.session_id)
         elif isinstance(event, UploadAborted):
             self._finished.pop(event.real_path)
-            self._incomplete.add(event.real_path)
-            self._persist(
-                self.ledger.mark_incomplete, event.district, str(event.real_path), event.bytes
-            )
             self._touched(event.district, event.path)
         elif isinstance(event, PathRenamed):
-            old_root, new_root = event.old_real_path, event.new_real_path
-            self._finished.renamed(old_root, new_root)
-            moved = [p for p in self._incomplete if p.is_relative_to(old_root)]
-            if moved:
-                # A cut-off file keeps that status under its new name.
-                self._incomplete -= set(moved)
-                self._persist(self.ledger.clear_incomplete, [str(p) for p in moved])
-                for path in moved:
-                    new = new_root / path.relative_to(old_root)
-                    self._incomplete.add(new)
-                    self._persist(self.ledger.mark_incomplete, event.district, str(new), 0)
+            self._finished.renamed(event.old_real_path, event.new_real_path)
             self._touched(event.district, event.old_path)
             self._touched(event.district, event.new_path)
         elif isinstance(event, SessionClosed):
@@ -245,17 +225,6 @@ class EpochService:
                     del self._sessions[key]
                     if key in self._sessions_gone:
                         self._sessions_gone[key].set()
-
-    def _persist(self, fn: Callable[..., None], *args: Any) -> None:
-        """A database write from an event callback, off the loop. One thread keeps the
-        writes in event order (a mark must not overtake the clear that follows it)."""
-        future = self._state_pool.submit(fn, *args)
-        future.add_done_callback(
-            lambda f: (
-                f.exception()
-                and self.log.error("epoch.state_write_failed", error=repr(f.exception()))
-            )
-        )
 
     @staticmethod
     def _epoch_of(path: str) -> str | None:
@@ -282,7 +251,7 @@ class EpochService:
         """From the observer: files our SFTP server is writing or has closed are already
         covered by its events; everything else (other writers) is looked at."""
         if not is_directory and (
-            self.open_uploads.is_open(path) or self._finished.get(path) is not None
+            self.uploads.is_open(path) or self._finished.get(path) is not None
         ):
             return
         parts = path.relative_to(self.districts_dir).parts
@@ -358,10 +327,19 @@ class EpochService:
     async def _maybe_promote(
         self, district: str, upload_dir: Path, autos: list[Any], temps: list[Any]
     ) -> None:
+        for seen in [f for f in autos if self.uploads.is_incomplete(f.path)]:
+            self._notice(
+                district,
+                f"/upload/{seen.name}",
+                "upload_incomplete",
+                f"{seen.name} was not completely uploaded (the upload was cut off); it is "
+                "not processed: upload it again",
+            )
+        autos = [f for f in autos if not self.uploads.is_incomplete(f.path)]
         if not autos:
             return
         now = time.time()
-        open_paths = set(self.open_uploads.open_under(upload_dir))
+        open_paths = set(self.uploads.open_under(upload_dir))
         if any(f.path in open_paths for f in [*autos, *temps]):
             return  # another _auto.csv is still arriving: it joins the same epoch
         settle_until = 0.0
@@ -378,13 +356,20 @@ class EpochService:
             self._recheck(district, None, settle_until - now)
             return
         known = set(self.registry.known[district])
-        name, moved = await self._io(
-            epoch_files.promote,
-            upload_dir,
-            self.staging_dir / district,
-            [f.path for f in autos],
-            known.__contains__,
-        )
+        # Frozen in the same loop step as the look for open files above: from here until
+        # they are moved, the SFTP policy refuses any change to these files.
+        names = {f.name for f in autos}
+        self.registry.promoting[district] |= names
+        try:
+            name, moved = await self._io(
+                epoch_files.promote,
+                upload_dir,
+                self.staging_dir / district,
+                [f.path for f in autos],
+                known.__contains__,
+            )
+        finally:
+            self.registry.promoting[district] -= names
         for old, new in moved.items():
             self._finished.renamed(old, new)
         self._finished.add(upload_dir / name / MARKER, 0, epoch_files.EMPTY_SHA256, time.time())
@@ -438,9 +423,9 @@ class EpochService:
         verdict = judge_epoch(
             name,
             contents,
-            open_paths=set(self.open_uploads.open_under(epoch_dir)),
+            open_paths=set(self.uploads.open_under(epoch_dir)),
             trusted_sizes=trusted,
-            incomplete=self._incomplete,
+            incomplete=set(self.uploads.incomplete_under(epoch_dir)),
             now=time.time(),
             quiet_period=self.settings.quiet_period,
             stale_after=self.settings.stale_after,
@@ -460,7 +445,7 @@ class EpochService:
             return
         if verdict.reason == "files_incomplete":
             for f in contents.files:
-                if f.path in self._incomplete:
+                if self.uploads.is_incomplete(f.path):
                     self._notice(
                         district,
                         f"/upload/{name}/{f.name}",
@@ -472,11 +457,14 @@ class EpochService:
             if verdict.recheck_at is not None:
                 self._recheck(district, name, verdict.recheck_at - time.time())
             return
-        # Freeze it now (on the loop, so no SFTP request can slip in between), then make
-        # sure nothing was opened while we were looking.
+        # Freeze it now, on the loop: the SFTP layer checks the policy and registers a
+        # change in one step there too, so every change is either refused from now on or
+        # already registered. One that was admitted while we were looking (its file I/O
+        # may not have happened yet) defers the epoch: look again once it is over.
         self.registry.submitted[district].add(name)
-        if self.open_uploads.open_under(epoch_dir):
+        if self.uploads.open_under(epoch_dir):
             self.registry.submitted[district].discard(name)
+            self._recheck(district, name, CHANGE_RECHECK)
             return
         origin = "auto" if (district, name) in self._promoted else "upload"
         known = {f.path: self._finished.get(f.path) for f in verdict.files}
@@ -624,7 +612,7 @@ class EpochService:
         )
         return True
 
-    def _archive_and_apply(self, record: EpochRecord) -> tuple[Outcome, dict[str, str] | None]:
+    def _archive_and_apply(self, record: EpochRecord) -> tuple[Outcome, dict[str, Any] | None]:
         """Worker thread: the immutable copy, then the processor's effects and the final
         state in one transaction. A failure is recorded as ``failed`` (nothing applied)."""
         district, name = record.district, record.name
@@ -645,6 +633,30 @@ class EpochService:
             )
             self.ledger.fail(district, name, outcome)
             return outcome, {"error": repr(exc)}
+        except epoch_files.ArchiveMismatch as mismatch:
+            expected = mismatch.expected
+            outcome = Outcome(
+                "failed",
+                errors=(
+                    Finding(
+                        "archive_mismatch",
+                        f"the server's copy of {expected.name} is not the file that was "
+                        f"received ({expected.size} bytes, sha256 {expected.sha256}); nothing "
+                        "was applied. Upload the data again as a new epoch.",
+                        file=expected.name,
+                    ),
+                ),
+                message="archived file does not match the ledger",
+            )
+            self.ledger.fail(district, name, outcome)
+            return outcome, {
+                "code": "archive_mismatch",
+                "file": expected.name,
+                "expected_size": expected.size,
+                "expected_sha256": expected.sha256,
+                "size": mismatch.size,
+                "sha256": mismatch.sha256,
+            }
         epoch = ClaimedEpoch(
             district,
             name,

@@ -1,21 +1,22 @@
 """The SFTP protocol layer: auth, chroot, path policy, open-handle tracking, typed events.
 
 It knows nothing about epochs or CSV files. Layers above subscribe through
-:class:`SFTPEventHandler` and ask :class:`OpenUploads` what is still being written.
+:class:`SFTPEventHandler` and ask :class:`UploadRegistry` what is still being written
+and what was cut off.
 """
 
 from ingest.sftp.events import (
-    AllowAll,
     FanOut,
-    IgnoreEvents,
-    OpenUploads,
+    OpenUpload,
     PathRenamed,
     SessionClosed,
     SFTPEvent,
     SFTPEventHandler,
     UploadAborted,
     UploadFinished,
+    UploadJournal,
     UploadPolicy,
+    UploadRegistry,
     UploadStarted,
 )
 from ingest.sftp.hostkeys import HostKey, load_or_create_host_keys
@@ -23,13 +24,11 @@ from ingest.sftp.paths import Denied
 from ingest.sftp.service import DistrictDirectory, SFTPService
 
 __all__ = [
-    "AllowAll",
     "Denied",
     "DistrictDirectory",
     "FanOut",
     "HostKey",
-    "IgnoreEvents",
-    "OpenUploads",
+    "OpenUpload",
     "PathRenamed",
     "SFTPEvent",
     "SFTPEventHandler",
@@ -37,7 +36,9 @@ __all__ = [
     "SessionClosed",
     "UploadAborted",
     "UploadFinished",
+    "UploadJournal",
     "UploadPolicy",
+    "UploadRegistry",
     "UploadStarted",
     "load_or_create_host_keys",
 ]

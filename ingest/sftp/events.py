@@ -2,13 +2,14 @@
 
 The SFTP layer is protocol only. It does not decide what an upload means; it reports facts
 as typed events to an :class:`SFTPEventHandler` (aiosmtpd style) and answers "is anything
-under this directory open for writing right now?" through :class:`OpenUploads`.
+under this directory open for writing right now, and was that file cut off?" through
+:class:`UploadRegistry`; what must survive a crash it writes to an :class:`UploadJournal`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -82,24 +83,11 @@ class UploadPolicy(Protocol):
     district's normalised path, before the file system is touched; raises
     :class:`~ingest.sftp.paths.Denied` to refuse. Must be fast and must not block.
     ``operation`` is one of ``open`` (for writing), ``mkdir``, ``remove``, ``rmdir``,
-    ``setstat`` (a size change), ``rename_source``, ``rename_target``.
+    ``setstat`` (a size change), ``rename_source``, ``rename_target`` (a file arrives
+    there by rename) and ``rename_target_dir`` (a directory does).
     """
 
     def check(self, district: str, operation: str, path: str) -> None: ...
-
-
-class AllowAll:
-    """The policy used when no layer above adds rules: the chroot's zones apply alone."""
-
-    def check(self, district: str, operation: str, path: str) -> None:
-        return None
-
-
-class IgnoreEvents:
-    """The handler used when nothing above the SFTP layer is listening."""
-
-    def handle_sftp_event(self, event: SFTPEvent) -> None:
-        return None
 
 
 class FanOut:
@@ -115,52 +103,123 @@ class FanOut:
 
 @dataclass(eq=False)
 class OpenUpload:
-    """One handle open for writing; ``real_path`` follows renames of the file or its dirs."""
+    """One change in progress: a handle open for writing (``intent`` is its row in the
+    :class:`UploadJournal`), or for the length of one request a rename, removal or
+    truncation (``intent`` None). ``real_path`` follows renames of the file or its dirs."""
 
     district: str
     real_path: Path
     session_id: str
+    intent: int | None = None
 
 
-@dataclass
-class OpenUploads:
-    """Every file open for writing, across all sessions, at this moment.
+class UploadJournal(Protocol):
+    """The durable record of uploads that are not known to be whole (implemented by
+    :class:`ingest.store.journal.UploadJournal`).
 
-    Readiness decisions above this layer ask :meth:`open_under`; shutdown waits on
-    :meth:`wait_empty` so running transfers can finish.
+    A row is written before a handle opened for writing touches the file and deleted by
+    the explicit close that makes the file whole; a handle that ends any other way leaves
+    its row marked cut off, and after a crash every row is. Methods block: they are called
+    from worker threads.
     """
 
-    _uploads: set[OpenUpload] = field(default_factory=set)
-    _empty: asyncio.Event = field(default_factory=asyncio.Event)
+    def begin(self, district: str, path: Path, session_id: str) -> int: ...
 
-    def __post_init__(self) -> None:
+    def finished(self, intent: int, path: Path) -> None: ...
+
+    def cut(self, intent: int, size: int) -> None: ...
+
+    def forget(self, intent: int) -> None: ...
+
+    def rename_begin(self, old: Path, new: Path) -> list[int]: ...
+
+    def rename_end(self, old: Path, new: Path, copies: list[int], done: bool) -> None: ...
+
+    def removed(self, path: Path) -> None: ...
+
+
+def _at_or_under(path: Path, directory: Path) -> bool:
+    return path == directory or path.is_relative_to(directory)
+
+
+def _moved(path: Path, old: Path, new: Path) -> Path:
+    return new if path == old else new / path.relative_to(old)
+
+
+class UploadRegistry:
+    """What the SFTP layer knows, at this moment, about files changing under it: changes
+    in progress (handles open for writing, and renames, removals and truncations while
+    they run) and files cut off (their last upload handle ended without a close request,
+    or was open when the server died).
+
+    One instance per server, made by :class:`~ingest.server.Server` and passed to both the
+    SFTP layer, which keeps it current, and the epoch layer, which asks it whether a file
+    is whole: a second instance would silently answer "nothing is open". It deliberately
+    has no ``__len__``, so that no ``registry or UploadRegistry()`` can mistake an empty
+    registry for a missing one. Used on the event loop only.
+    """
+
+    def __init__(self) -> None:
+        self._open: set[OpenUpload] = set()
+        self._incomplete: set[Path] = set()
+        self._empty = asyncio.Event()
         self._empty.set()
 
+    # --- changes in progress ---------------------------------------------------------
+
     def add(self, upload: OpenUpload) -> None:
-        self._uploads.add(upload)
+        self._open.add(upload)
         self._empty.clear()
 
     def discard(self, upload: OpenUpload) -> None:
-        self._uploads.discard(upload)
-        if not self._uploads:
+        self._open.discard(upload)
+        if not self._open:
             self._empty.set()
 
-    def renamed(self, old: Path, new: Path) -> None:
-        """Follow a rename of a file or of a directory holding open files."""
-        for upload in self._uploads:
-            if upload.real_path == old:
-                upload.real_path = new
-            elif upload.real_path.is_relative_to(old):
-                upload.real_path = new / upload.real_path.relative_to(old)
-
     def is_open(self, path: Path) -> bool:
-        return any(u.real_path == path for u in self._uploads)
+        return any(u.real_path == path for u in self._open)
 
     def open_under(self, directory: Path) -> list[Path]:
-        return sorted(u.real_path for u in self._uploads if u.real_path.is_relative_to(directory))
+        """Paths at or below ``directory`` with a change in progress."""
+        return sorted(u.real_path for u in self._open if _at_or_under(u.real_path, directory))
 
-    def __len__(self) -> int:
-        return len(self._uploads)
+    def open_count(self) -> int:
+        return len(self._open)
 
     async def wait_empty(self) -> None:
         await self._empty.wait()
+
+    # --- files cut off ---------------------------------------------------------------
+
+    def mark_incomplete(self, path: Path) -> None:
+        self._incomplete.add(path)
+
+    def clear_incomplete(self, path: Path) -> None:
+        self._incomplete.discard(path)
+
+    def is_incomplete(self, path: Path) -> bool:
+        return path in self._incomplete
+
+    def incomplete_under(self, directory: Path) -> list[Path]:
+        return sorted(p for p in self._incomplete if _at_or_under(p, directory))
+
+    # --- both ------------------------------------------------------------------------
+
+    def involves(self, *paths: Path) -> bool:
+        """Whether anything open or cut off is at or below one of ``paths`` (a rename or
+        removal there must update the journal too)."""
+        return any(
+            _at_or_under(known, path)
+            for path in paths
+            for known in [*(u.real_path for u in self._open), *self._incomplete]
+        )
+
+    def renamed(self, old: Path, new: Path) -> None:
+        """Follow a rename of a file or of a directory: what was at ``new`` was replaced,
+        what was at or below ``old`` is now at or below ``new``."""
+        moved = {p for p in self._incomplete if _at_or_under(p, old)}
+        self._incomplete = {p for p in self._incomplete - moved if not _at_or_under(p, new)}
+        self._incomplete |= {_moved(p, old, new) for p in moved}
+        for upload in self._open:
+            if _at_or_under(upload.real_path, old):
+                upload.real_path = _moved(upload.real_path, old, new)

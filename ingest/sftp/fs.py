@@ -2,14 +2,22 @@
 
 Every request is checked by :class:`~ingest.sftp.paths.Chroot`; every blocking file
 system call runs in a worker thread (writes through :class:`~ingest.sftp.writer.FileWriter`);
-every handle opened for writing is registered in :class:`~ingest.sftp.events.OpenUploads`
-and ends in exactly one ``UploadFinished`` (client closed it) or ``UploadAborted`` event.
+every handle opened for writing is registered in the
+:class:`~ingest.sftp.events.UploadRegistry` and recorded in the
+:class:`~ingest.sftp.events.UploadJournal`, and ends in exactly one ``UploadFinished``
+(client closed it) or ``UploadAborted`` event.
+
+A change inside ``/upload/`` passes the upload policy and is registered in the same step
+on the event loop, before its worker-thread hop touches anything: the epoch layer freezes
+an epoch on the loop too, so a change either was registered before the freeze (and the
+freeze waits for it) or is refused by the frozen policy. There is no window in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -20,16 +28,17 @@ from typing import Any, TypeVar
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPName
 
+from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
 from ingest.sftp.events import (
-    AllowAll,
     OpenUpload,
-    OpenUploads,
     PathRenamed,
     SFTPEventHandler,
     UploadAborted,
     UploadFinished,
+    UploadJournal,
     UploadPolicy,
+    UploadRegistry,
     UploadStarted,
 )
 from ingest.sftp.paths import Access, Chroot, Denied, Resolved
@@ -40,6 +49,11 @@ DIR_MODE = 0o750
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
 
 T = TypeVar("T")
+log = get_logger("ingest.sftp")
+
+
+class _JournalFailed(Exception):
+    """The upload journal could not record an upload; the upload is refused."""
 
 
 @dataclass
@@ -55,13 +69,15 @@ class SessionState:
 
 @dataclass
 class SFTPRuntime:
-    """What all SFTP sessions of one server share."""
+    """What all SFTP sessions of one server share (each shared object passed in, never
+    defaulted: a second registry or journal would be silently wrong)."""
 
     executor: Executor  # blocking file system calls
     hash_executor: Executor  # low-priority background hashing (writer.StreamDigest)
     events: SFTPEventHandler
-    policy: UploadPolicy = field(default_factory=AllowAll)
-    open_uploads: OpenUploads = field(default_factory=OpenUploads)
+    policy: UploadPolicy
+    uploads: UploadRegistry
+    journal: UploadJournal
     draining: bool = False
     # Digests finishing after the client's close was answered; referenced so they run on.
     background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -104,22 +120,36 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         """Resolve ``path`` and run ``fn`` on the real path, both in one worker-thread hop.
 
         Resolution itself touches the file system (the symlink check), so it belongs off
-        the event loop with the operation it guards.
+        the event loop with the operation it guards. A change (``Access.WRITE``) is
+        admitted first (:meth:`_admit`) and stays registered until it is done.
         """
 
         def work() -> tuple[Resolved, T]:
             resolved = self._paths.resolve(path, access)
             return resolved, fn(resolved.real)
 
+        change = None
         try:
             if access is Access.WRITE:
-                # Pure and in memory: the rules of the layer above, before any file I/O.
-                self._runtime.policy.check(
-                    self._session.district, operation, self._paths.virtual(path)
-                )
+                change = self._admit(operation, path)
             return await self._io(work)
         except Denied as denial:
             raise self._deny(operation, path, denial) from None
+        finally:
+            if change is not None:
+                self._runtime.uploads.discard(change)
+
+    def _admit(self, operation: str, path: bytes) -> OpenUpload:
+        """The upload policy's check and the registration of the change, in one step on
+        the event loop (pure and in memory, before any file I/O); raises Denied. The
+        caller discards the registration when the change is over."""
+        virtual = self._paths.virtual(path)
+        self._runtime.policy.check(self._session.district, operation, virtual)
+        change = OpenUpload(
+            self._session.district, self._paths.real(virtual), self._session.session_id
+        )
+        self._runtime.uploads.add(change)
+        return change
 
     def _deny(self, operation: str, path: bytes | str, denial: Denied) -> asyncssh.SFTPError:
         shown = path.decode("utf-8", "replace") if isinstance(path, bytes) else path
@@ -151,18 +181,48 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             flags |= os.O_TRUNC
         if pflags & asyncssh.FXF_EXCL:
             flags |= os.O_EXCL
-        access = Access.WRITE if writing else Access.READ
-        resolved, fd = await self._on_path(
-            "open", path, access, lambda real: os.open(real, flags, FILE_MODE)
-        )
-        handle = _Handle(fd, resolved)
         if not writing:
-            return handle
+            resolved, fd = await self._on_path(
+                "open", path, Access.READ, lambda real: os.open(real, flags)
+            )
+            return _Handle(fd, resolved)
+        try:
+            upload = self._admit("open", path)
+        except Denied as denial:
+            raise self._deny("open", path, denial) from None
+        journal, session = self._runtime.journal, self._session
+
+        def work() -> tuple[Resolved, int, int]:
+            # The journal row first: from then on a crash leaves the file flagged as not
+            # whole, whatever happens to it below.
+            resolved = self._paths.resolve(path, Access.WRITE)
+            try:
+                intent = journal.begin(session.district, resolved.real, session.session_id)
+            except Exception as exc:
+                raise _JournalFailed(repr(exc)) from exc
+            try:
+                fd = os.open(resolved.real, flags, FILE_MODE)
+            except BaseException:
+                _best_effort(journal.forget, intent)
+                raise
+            return resolved, intent, fd
+
+        try:
+            resolved, upload.intent, fd = await self._io(work)
+        except BaseException as exc:
+            self._runtime.uploads.discard(upload)
+            if isinstance(exc, Denied):
+                raise self._deny("open", path, exc) from None
+            if isinstance(exc, _JournalFailed):
+                self._log.error("upload.journal_failed", path=upload.real_path.name, error=str(exc))
+                raise asyncssh.SFTPFailure(
+                    "the server cannot record this upload right now; retry in a few minutes"
+                ) from None
+            raise
+        handle = _Handle(fd, resolved, upload=upload)
         handle.writer = FileWriter(fd, self._runtime.executor, self._runtime.hash_executor)
         if pflags & asyncssh.FXF_APPEND:
             handle.append_at = (await self._io(os.fstat, fd)).st_size
-        handle.upload = OpenUpload(self._session.district, resolved.real, self._session.session_id)
-        self._runtime.open_uploads.add(handle.upload)
         self._log.info("upload.started", path=resolved.virtual)
         self._runtime.events.handle_sftp_event(
             UploadStarted(
@@ -184,12 +244,20 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             await writer.wait_idle()
             # Queued data is written on abort too: a partial file is what a client resumes
             # from. Small files are hashed and closed in the same worker-thread hop.
-            size, digest = await self._io(_finish_writes, writer, explicit)
-        except OSError as error:
-            self._upload_aborted(upload, virtual, writer, duration, "write_error", error)
-            if explicit:
-                raise  # the client asked; during session clean-up nobody is listening
-            return
+            size, digest = await self._io(
+                _finish_writes, writer, explicit, self._runtime.journal, upload
+            )
+        except Exception as error:
+            written = isinstance(error, OSError)
+            reason = "write_error" if written else "journal_error"
+            self._upload_aborted(upload, virtual, writer, duration, reason, error)
+            if not explicit:
+                return  # session clean-up: nobody is listening
+            if written:
+                raise
+            raise asyncssh.SFTPFailure(
+                "the server could not record this upload as complete; upload the file again"
+            ) from None
         if not explicit:
             reason = "server_shutdown" if self._runtime.draining else "session_closed"
             self._upload_aborted(upload, virtual, writer, duration, reason)
@@ -197,7 +265,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             self._upload_finished(upload, virtual, writer, duration, size, digest)
         else:
             # Every byte is on disk: answer the client now and let the digest catch up in
-            # the background; the file stays in OpenUploads until it is announced.
+            # the background; the file stays registered as open until it is announced.
             task = asyncio.create_task(self._finish_digest(upload, virtual, writer, duration, size))
             self._runtime.background.add(task)
             task.add_done_callback(self._runtime.background.discard)
@@ -221,9 +289,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         size: int,
         digest: str,
     ) -> None:
-        # Out of OpenUploads first, so a listener asking "is anything still open?" on this
-        # event gets the right answer.
-        self._runtime.open_uploads.discard(upload)
+        # The registry first, so a listener asking "is anything still open, is this file
+        # whole?" on this event gets the right answer.
+        self._runtime.uploads.discard(upload)
+        self._runtime.uploads.clear_incomplete(upload.real_path)
         self._log.info(
             "upload.finished",
             path=virtual,
@@ -252,9 +321,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         writer: FileWriter,
         duration: float,
         reason: str,
-        error: OSError | None = None,
+        error: Exception | None = None,
     ) -> None:
-        self._runtime.open_uploads.discard(upload)
+        self._runtime.uploads.discard(upload)
+        self._runtime.uploads.mark_incomplete(upload.real_path)
         self._log.warning(
             "upload.aborted",
             path=virtual,
@@ -344,7 +414,20 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             yield SFTPName(name, attrs=SFTPAttrs.from_local(stat_result))
 
     async def remove(self, path: bytes) -> None:
-        await self._on_path("remove", path, Access.WRITE, os.unlink)
+        uploads, journal = self._runtime.uploads, self._runtime.journal
+        try:
+            cut = uploads.is_incomplete(self._paths.real(self._paths.virtual(path)))
+        except Denied as denial:
+            raise self._deny("remove", path, denial) from None
+
+        def unlink(real: Path) -> None:
+            os.unlink(real)
+            if cut:
+                _best_effort(journal.removed, real)
+
+        resolved, _ = await self._on_path("remove", path, Access.WRITE, unlink)
+        if cut:
+            uploads.clear_incomplete(resolved.real)
 
     async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
         # Clients create every directory on the way (curl --ftp-create-dirs, lftp mirror):
@@ -370,11 +453,47 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         await self._rename(oldpath, newpath, replace=True)
 
     async def _rename(self, oldpath: bytes, newpath: bytes, replace: bool) -> None:
-        new = (await self._on_path("rename_target", newpath, Access.WRITE, lambda p: None))[0]
-        old, _ = await self._on_path(
-            "rename_source", oldpath, Access.WRITE, lambda p: _rename(p, new.real, replace)
-        )
-        self._runtime.open_uploads.renamed(old.real, new.real)
+        # What moves decides the rules for its new name: a directory arriving somewhere is
+        # judged like a mkdir there (no epoch inside an epoch, no name from the future).
+        _, is_dir = await self._on_path("rename_source", oldpath, Access.READ, _is_dir)
+        target_operation = "rename_target_dir" if is_dir else "rename_target"
+        uploads, journal = self._runtime.uploads, self._runtime.journal
+        changes: list[OpenUpload] = []
+        try:
+            changes.append(self._admit("rename_source", oldpath))
+            try:
+                changes.append(self._admit(target_operation, newpath))
+            except Denied as denial:
+                raise self._deny(target_operation, newpath, denial) from None
+            tracked = uploads.involves(changes[0].real_path, changes[1].real_path)
+
+            def work() -> tuple[Resolved, Resolved]:
+                old = self._paths.resolve(oldpath, Access.WRITE)
+                new = self._paths.resolve(newpath, Access.WRITE)
+                if _is_dir(old.real) != is_dir:
+                    raise FileNotFoundError(2, "changed while being renamed", str(old.real))
+                copies = journal.rename_begin(old.real, new.real) if tracked else []
+                try:
+                    _rename(old.real, new.real, replace)
+                except BaseException:
+                    if tracked:
+                        _best_effort(journal.rename_end, old.real, new.real, copies, False)
+                    raise
+                if tracked:
+                    _best_effort(journal.rename_end, old.real, new.real, copies, True)
+                return old, new
+
+            try:
+                old, new = await self._io(work)
+            except Denied as denial:
+                raise self._deny("rename_source", oldpath, denial) from None
+            # Still inside the registered change: nobody sees the new name untracked.
+            uploads.renamed(old.real, new.real)
+        except Denied as denial:
+            raise self._deny("rename_source", oldpath, denial) from None
+        finally:
+            for change in changes:
+                uploads.discard(change)
         self._log.info("sftp.renamed", old_path=old.virtual, new_path=new.virtual)
         self._runtime.events.handle_sftp_event(
             PathRenamed(
@@ -417,15 +536,29 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 INLINE_DIGEST_MAX = 1024 * 1024  # hash files up to this size inside the close hop
 
 
-def _finish_writes(writer: FileWriter, explicit: bool) -> tuple[int, str | None]:
-    """Worker thread: the last writes, then the digest and close of a small finished upload.
+def _finish_writes(
+    writer: FileWriter, explicit: bool, journal: UploadJournal, upload: OpenUpload
+) -> tuple[int, str | None]:
+    """Worker thread: the last writes, the journal, then the digest and close of a small
+    finished upload.
 
-    A large finished upload keeps its descriptor open for :func:`_digest_and_close`, which
+    The journal row goes only once every byte is on disk and before the client hears that
+    its close succeeded; a handle that ends any other way leaves it marked cut off. A
+    large finished upload keeps its descriptor open for :func:`_digest_and_close`, which
     runs after the client has its answer; every other outcome closes it here.
     """
+    assert upload.intent is not None
     keep_open = False
     try:
-        size = writer.finish_blocking()
+        try:
+            size = writer.finish_blocking()
+        except OSError:
+            _best_effort(journal.cut, upload.intent, writer.bytes_written)
+            raise
+        if explicit:
+            journal.finished(upload.intent, upload.real_path)
+        else:
+            _best_effort(journal.cut, upload.intent, size)
         if explicit and size > INLINE_DIGEST_MAX:
             keep_open = True
             return size, None
@@ -440,6 +573,19 @@ def _digest_and_close(writer: FileWriter, size: int) -> str:
         return writer.digest.hexdigest(size)
     finally:
         os.close(writer.fd)
+
+
+def _best_effort(fn: Callable[..., None], *args: Any) -> None:
+    """A journal write whose failure errs on the safe side: a row that stays (open or cut)
+    only flags a file as not whole, and a later upload of it clears that."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        log.error("upload.journal_failed", operation=fn.__name__, error=repr(exc))
+
+
+def _is_dir(path: Path) -> bool:
+    return stat.S_ISDIR(os.lstat(path).st_mode)
 
 
 def _as_handle(file_obj: object) -> _Handle:

@@ -55,9 +55,13 @@ class Chroot:
             raise Denied("path_encoding", "path contains a NUL byte")
         return posixpath.normpath(posixpath.join("/", text)).replace("//", "/")
 
+    def real(self, virtual: str) -> Path:
+        """The real path of a normalised virtual path, lexically (no file system access)."""
+        return self.root / virtual.lstrip("/") if virtual != "/" else self.root
+
     def resolve(self, path: bytes, access: Access) -> Resolved:
         virtual = self.virtual(path)
-        real = self.root / virtual.lstrip("/") if virtual != "/" else self.root
+        real = self.real(virtual)
         # realpath follows every link in the existing part of the path; any difference
         # from the lexical path means a link is involved.
         if os.path.realpath(real) != str(real):

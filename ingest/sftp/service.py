@@ -22,12 +22,11 @@ from ingest.config import ServerConfig
 from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
 from ingest.sftp.events import (
-    AllowAll,
-    IgnoreEvents,
-    OpenUploads,
     SessionClosed,
     SFTPEventHandler,
+    UploadJournal,
     UploadPolicy,
+    UploadRegistry,
 )
 from ingest.sftp.fs import DistrictSFTPServer, SessionState, SFTPRuntime
 from ingest.sftp.hostkeys import HostKey
@@ -93,9 +92,11 @@ class SFTPService:
         settings: ServerConfig,
         host_keys: list[HostKey],
         districts: DistrictDirectory,
-        events: SFTPEventHandler | None = None,
-        policy: UploadPolicy | None = None,
-        open_uploads: OpenUploads | None = None,
+        *,
+        events: SFTPEventHandler,
+        policy: UploadPolicy,
+        uploads: UploadRegistry,
+        journal: UploadJournal,
     ) -> None:
         asyncssh_compat.install()
         self.settings = settings
@@ -110,9 +111,10 @@ class SFTPService:
             hash_executor=ThreadPoolExecutor(
                 max_workers=2, thread_name_prefix="sftp-hash", initializer=lower_thread_priority
             ),
-            events=events or IgnoreEvents(),
-            policy=policy or AllowAll(),
-            open_uploads=open_uploads or OpenUploads(),
+            events=events,
+            policy=policy,
+            uploads=uploads,
+            journal=journal,
         )
         # argon2 is deliberately slow and memory-hungry: two threads bound what a flood of
         # password attempts can cost, and keep it off the file I/O threads.
@@ -124,8 +126,8 @@ class SFTPService:
         self.log = get_logger("ingest.sftp")
 
     @property
-    def open_uploads(self) -> OpenUploads:
-        return self.runtime.open_uploads
+    def uploads(self) -> UploadRegistry:
+        return self.runtime.uploads
 
     async def start(self) -> int:
         """Listen on the configured address; returns the bound port (useful with port 0)."""
@@ -169,7 +171,7 @@ class SFTPService:
     async def drain(self, grace: float) -> bool:
         """Wait up to ``grace`` seconds for open uploads to finish; True if they all did."""
         try:
-            await asyncio.wait_for(self.open_uploads.wait_empty(), timeout=grace)
+            await asyncio.wait_for(self.uploads.wait_empty(), timeout=grace)
             return True
         except TimeoutError:
             return False
@@ -185,7 +187,7 @@ class SFTPService:
             await asyncio.wait_for(asyncio.gather(*waiters), timeout=10)
         # asyncssh closes the handles of a dead session in the session's own task, after
         # the connection is gone; wait for that so every upload gets its aborted event.
-        await asyncio.wait_for(self.open_uploads.wait_empty(), timeout=10)
+        await asyncio.wait_for(self.uploads.wait_empty(), timeout=10)
         self.runtime.executor.shutdown(wait=True)
         self.runtime.hash_executor.shutdown(wait=True)
         self.auth_executor.shutdown(wait=False, cancel_futures=True)

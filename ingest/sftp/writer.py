@@ -4,10 +4,13 @@ asyncssh handles one SFTP request at a time per session, so awaiting a thread fo
 write would put a thread round trip on the critical path of each packet. Instead a write
 is queued and acknowledged at once. Once ``batch`` bytes are queued, one worker job drains
 the queue in order; batching keeps the hand-offs between threads to about one per
-``batch`` bytes. Backpressure: past ``max_pending`` queued bytes the session waits for the
-disk, and only that session does. A write error is reported on the next write, flush or
-close of the handle, like a write-back cache; :meth:`FileWriter.flush` runs before anything
-that must see the data on disk (fstat, read, fsync).
+``batch`` bytes. Bytes that do not fill a batch are written ``flush_after`` seconds after
+the first of them was queued, so that what a client was told is written reaches the file
+within a second even when the client pauses or sends slowly. Backpressure: past
+``max_pending`` queued bytes the session waits for the disk, and only that session does.
+A write error is reported on the next write, flush or close of the handle, like a
+write-back cache; :meth:`FileWriter.flush` runs before anything that must see the data on
+disk (fstat, read, fsync).
 
 The SHA-256 of an upload is computed alongside the writes by :class:`StreamDigest`: a
 low-priority worker hashes the written prefix from the page cache as it grows, at up to
@@ -30,6 +33,8 @@ from concurrent.futures import Executor
 
 DEFAULT_BATCH = 4 * 1024 * 1024
 DEFAULT_MAX_PENDING = 8 * 1024 * 1024
+# Queued bytes below a batch reach the file at most this long after they were queued.
+DEFAULT_FLUSH_AFTER = 0.5
 _HASH_CHUNK = 1024 * 1024
 # Background hashing keeps pace with any WAN upload but never competes with a very fast
 # (LAN, loopback) one for CPU: beyond this rate the rest is hashed after the close.
@@ -137,11 +142,14 @@ class FileWriter:
         hash_executor: Executor | None = None,
         batch: int = DEFAULT_BATCH,
         max_pending: int = DEFAULT_MAX_PENDING,
+        flush_after: float = DEFAULT_FLUSH_AFTER,
     ) -> None:
         self.fd = fd
         self.bytes_written = 0
         self._executor = executor
         self._batch = batch
+        self._flush_after = flush_after
+        self._timer: asyncio.TimerHandle | None = None
         self._max_pending = max(max_pending, batch)
         self._lock = threading.Lock()
         self._queue: deque[tuple[int, bytes]] = deque()
@@ -162,6 +170,14 @@ class FileWriter:
             over_limit = self._pending_bytes > self._max_pending
         if over_limit:
             await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._flush_after, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        """The timer: start a drain for what is queued (a running one takes it anyway)."""
+        self._timer = None
+        with self._lock:
+            self._start_locked()
 
     def _start_locked(self) -> None:
         if not self._running and self._queue:
@@ -211,7 +227,11 @@ class FileWriter:
         self._raise_error()
 
     async def wait_idle(self) -> None:
-        """Wait for a running drain job without starting one (before finish_blocking)."""
+        """Wait for a running drain job without starting one (before finish_blocking);
+        no timer starts one afterwards either."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while True:
             with self._lock:
                 job = self._job if self._running else None

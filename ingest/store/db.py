@@ -17,7 +17,7 @@ from pathlib import Path
 from ingest.config import ConfigError
 
 # Each entry upgrades the schema by one version; never edit a shipped entry, append.
-_MIGRATIONS: tuple[str, ...] = (
+STATE_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE districts (
         name          TEXT PRIMARY KEY,
@@ -117,6 +117,11 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE accounts ADD COLUMN digest INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX accounts_by_digest ON accounts (district, email, digest, status);
     """,
+    # Cut-off uploads are recorded by the SFTP layer's upload journal (its own file,
+    # ingest/store/journal.py) from here on.
+    """
+    DROP TABLE incomplete_uploads;
+    """,
 )
 
 
@@ -129,11 +134,19 @@ def sqlite_path(url: str) -> Path:
 
 
 class Database:
-    """The state database at ``url``; :meth:`migrate` creates or upgrades it."""
+    """The state database at ``url``; :meth:`migrate` creates or upgrades it with
+    ``migrations`` (the state schema unless another is given, as the upload journal does)."""
 
-    def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        background_checkpoints: bool = False,
+        migrations: tuple[str, ...] = STATE_MIGRATIONS,
+    ) -> None:
         self.url = url
         self.path = sqlite_path(url)
+        self.migrations = migrations
         # True in the daemon, whose Checkpointer copies the log back (see checkpoint.py)
         self.background_checkpoints = background_checkpoints
         self._local = threading.local()
@@ -225,17 +238,17 @@ class Database:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("BEGIN IMMEDIATE")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(_MIGRATIONS):
+            if version > len(self.migrations):
                 conn.execute("ROLLBACK")
                 raise ConfigError(
                     f"database.url: {self.path} has schema version {version}, newer than this "
-                    f"ingest ({len(_MIGRATIONS)}); upgrade ingest"
+                    f"ingest ({len(self.migrations)}); upgrade ingest"
                 )
-            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for number, script in enumerate(self.migrations[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
             conn.execute("COMMIT")
-            return len(_MIGRATIONS)
+            return len(self.migrations)
         finally:
             conn.close()
