@@ -140,9 +140,17 @@ def rclone(
 
 
 def paramiko_client(
-    daemon: Daemon, creds: Credentials, *, password: str | None = None, use_key: bool = True
+    daemon: Daemon,
+    creds: Credentials,
+    *,
+    password: str | None = None,
+    use_key: bool = True,
+    only_kex: str | None = None,
 ) -> paramiko.SSHClient:
-    """A connected paramiko SSHClient with the daemon's host keys pinned."""
+    """A connected paramiko SSHClient with the daemon's host keys pinned.
+
+    ``only_kex`` makes paramiko offer that one key exchange, as an older client would.
+    """
     client = paramiko.SSHClient()
     client.load_host_keys(str(daemon.known_hosts()))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
@@ -151,6 +159,10 @@ def paramiko_client(
         kwargs["password"] = password
     if use_key:
         kwargs["key_filename"] = str(creds.key_path)
+    if only_kex is not None:
+        offered = paramiko.Transport._preferred_kex
+        assert only_kex in offered, f"paramiko {paramiko.__version__} cannot do {only_kex}"
+        kwargs["disabled_algorithms"] = {"kex": [k for k in offered if k != only_kex]}
     client.connect(
         "127.0.0.1",
         port=daemon.port,

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
+import asyncssh
 import pytest
 
-from tests.clients import curl, lftp, paramiko_client, rclone, sftp_batch, sftp_url
-from tests.harness import Credentials, Daemon
+from tests.clients import (
+    CLIENT_TIMEOUT,
+    curl,
+    lftp,
+    paramiko_client,
+    rclone,
+    sftp_batch,
+    sftp_url,
+    ssh_options,
+)
+from tests.harness import Credentials, Daemon, require_tool
 
 
 def _payload(path: Path, size: int) -> str:
@@ -169,3 +181,70 @@ def test_large_file_integrity(daemon: Daemon, district: Credentials, tmp_path: P
     digest = _payload(tmp_path / "large.csv", size)
     sftp_batch(daemon, district, "put large.csv /upload/20260101-000000/large.csv", cwd=tmp_path)
     _assert_finished(daemon, district, "/upload/20260101-000000/large.csv", digest, size)
+
+
+def test_scp_exits_zero(daemon: Daemon, district: Credentials, tmp_path: Path) -> None:
+    # OpenSSH 9+ scp speaks SFTP and fails unless the channel reports exit status 0.
+    require_tool("scp")
+    digest = _payload(tmp_path / "users.csv", 30_000)
+    target = f"{district.name}@127.0.0.1:/upload/20260101-000000/scp.csv"
+    options = ["-P", str(daemon.port), *ssh_options(daemon, district)]
+    for args in (
+        [str(tmp_path / "users.csv"), target],
+        [target, str(tmp_path / "back.csv")],
+    ):
+        result = subprocess.run(
+            ["scp", *options, *args], capture_output=True, text=True, timeout=CLIENT_TIMEOUT
+        )
+        assert result.returncode == 0, result.stderr
+    _assert_finished(daemon, district, "/upload/20260101-000000/scp.csv", digest, 30_000)
+    assert (tmp_path / "back.csv").read_bytes() == (tmp_path / "users.csv").read_bytes()
+
+
+def test_sftp_subsystem_exits_zero_on_eof(daemon: Daemon, district: Credentials) -> None:
+    require_tool("ssh")
+    result = subprocess.run(
+        [
+            "ssh",
+            "-p",
+            str(daemon.port),
+            *ssh_options(daemon, district),
+            "-s",
+            f"{district.name}@127.0.0.1",
+            "sftp",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=CLIENT_TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_asyncssh_client_get_and_copy(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    # asyncssh clients ask for ranges@asyncssh.com before a download if it is offered.
+    digest = _payload(tmp_path / "users.csv", 250_000)
+
+    async def transfer() -> None:
+        async with (
+            asyncssh.connect(
+                "127.0.0.1",
+                daemon.port,
+                username=district.name,
+                client_keys=[str(district.key_path)],
+                known_hosts=str(daemon.known_hosts()),
+                agent_path=None,
+            ) as conn,
+            conn.start_sftp_client() as sftp,
+        ):
+            await sftp.put(str(tmp_path / "users.csv"), "/upload/20260101-000000/async.csv")
+            await sftp.get("/upload/20260101-000000/async.csv", str(tmp_path / "back.csv"))
+            await sftp.copy(
+                "/upload/20260101-000000/async.csv", "/upload/20260101-000000/async-copy.csv"
+            )
+
+    asyncio.run(asyncio.wait_for(transfer(), CLIENT_TIMEOUT))
+    _assert_finished(daemon, district, "/upload/20260101-000000/async.csv", digest, 250_000)
+    _assert_finished(daemon, district, "/upload/20260101-000000/async-copy.csv", digest, 250_000)
+    assert (tmp_path / "back.csv").read_bytes() == (tmp_path / "users.csv").read_bytes()

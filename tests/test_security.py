@@ -273,3 +273,43 @@ def test_only_modern_algorithms_are_offered(daemon: Daemon) -> None:
         with pytest.raises(paramiko.SSHException):
             transport.start_client(timeout=20)
         transport.close()
+
+
+@pytest.mark.parametrize("kex", ["ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521"])
+def test_nist_curve_key_exchange_for_clients_without_x25519(
+    daemon: Daemon, district: Credentials, kex: str
+) -> None:
+    # JCraft JSch 0.1.x and Ruby net-ssh without the x25519 gem offer nothing better.
+    with paramiko_client(daemon, district, only_kex=kex) as client:
+        assert client.open_sftp().listdir("/") is not None
+
+
+@pytest.mark.parametrize(
+    "kex", ["diffie-hellman-group-exchange-sha256", "diffie-hellman-group14-sha256"]
+)
+def test_finite_field_key_exchange_is_refused(
+    daemon: Daemon, district: Credentials, kex: str
+) -> None:
+    with pytest.raises(paramiko.SSHException):
+        paramiko_client(daemon, district, only_kex=kex)
+
+
+def test_malformed_sftp_stream_ends_with_failure_status(
+    daemon: Daemon, district: Credentials
+) -> None:
+    require_tool("ssh")
+    result = subprocess.run(
+        [
+            "ssh",
+            "-p",
+            str(daemon.port),
+            *ssh_options(daemon, district),
+            "-s",
+            f"{district.name}@127.0.0.1",
+            "sftp",
+        ],
+        input=b"\x7f\xff\xff\xff",  # a packet length far beyond the limit
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 1, result.stderr

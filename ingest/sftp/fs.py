@@ -532,6 +532,14 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     async def fstatvfs(self, file_obj: object) -> os.statvfs_result:
         return await self._io(os.statvfs, self._paths.root)
 
+    # --- session ---------------------------------------------------------------------
+
+    def exit(self) -> None:
+        # asyncssh calls this once the session's handles are closed, just before it closes
+        # the channel. Report an exit status like OpenSSH's sftp-server: without one,
+        # ssh exits 255 and scp 1 even after a successful transfer.
+        self.channel.exit(asyncssh_compat.session_exit_status())
+
 
 INLINE_DIGEST_MAX = 1024 * 1024  # hash files up to this size inside the close hop
 

@@ -34,7 +34,17 @@ from ingest.sftp.paths import Chroot
 from ingest.sftp.writer import lower_thread_priority
 
 # Pinned algorithms; docs/security.md explains each choice. No SHA-1, no CBC, no DH groups.
-KEX_ALGS = ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
+# Key exchange: OpenSSH 10's sshd defaults that asyncssh has without liboqs (no sntrup761).
+# The NIST curves are for clients without X25519: JCraft JSch 0.1.x (and its fork on Java 8
+# without Bouncy Castle) and Ruby net-ssh without the x25519 gem.
+KEX_ALGS = (
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "ecdh-sha2-nistp256",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp521",
+)
 ENCRYPTION_ALGS = (
     "chacha20-poly1305@openssh.com",
     "aes256-gcm@openssh.com",
