@@ -196,6 +196,14 @@ def _parser() -> argparse.ArgumentParser:
     erep.add_argument("district")
     erep.add_argument("epoch")
     erep.set_defaults(handler=_epochs_reprocess)
+    for action, text in (
+        ("retire", "take a finished epoch (e.g. a bogus name from the future) out of the order"),
+        ("force-apply", "apply a superseded epoch although a newer one was applied"),
+    ):
+        order = ec.add_parser(action, help=text)
+        order.add_argument("district")
+        order.add_argument("epoch")
+        order.set_defaults(handler=_epochs_order, action=action)
     return parser
 
 
@@ -366,6 +374,8 @@ def _epochs_show(args: argparse.Namespace, config: Config) -> int:
     print(
         f"\nledger: state={record.state} attempts={record.attempts} "
         f"published_at={record.published_at}"
+        + (f" retired_at={record.retired_at}" if record.retired_at else "")
+        + (f" forced_at={record.forced_at}" if record.forced_at else "")
     )
     return 0
 
@@ -398,6 +408,36 @@ def _epochs_decide(args: argparse.Namespace, config: Config) -> int:
         )
     verb = "approved; it will be applied" if args.action == "approve" else "discarded"
     print(f"{args.district}/{args.epoch} {verb} within {config.epochs.reconcile_interval:g} s")
+    return 0
+
+
+def _epochs_order(args: argparse.Namespace, config: Config) -> int:
+    ledger = _ledger(config)
+    record = ledger.get(args.district, args.epoch)
+    if record is None:
+        raise CommandError(f"no epoch {args.epoch} for {args.district} in the ledger")
+    when = f"within {config.epochs.reconcile_interval:g} s"
+    if args.action == "retire":
+        if not ledger.retire(args.district, args.epoch):
+            raise CommandError(
+                f"epoch {args.epoch} is {record.state}"
+                f"{', already retired' if record.retired_at else ''}: only a finished epoch "
+                "can be retired"
+            )
+        print(
+            f"{args.district}/{args.epoch} retired: it no longer counts as the newest epoch "
+            f"(its accounts are unchanged; its report says so {when}). Epochs it superseded "
+            f"can now be reprocessed: ingest epochs reprocess {args.district} EPOCH"
+        )
+        return 0
+    if not ledger.force(args.district, args.epoch):
+        raise CommandError(
+            f"epoch {args.epoch} is {record.state}: only a superseded epoch can be force-applied"
+        )
+    print(
+        f"{args.district}/{args.epoch} will be applied {when}, although a newer epoch was "
+        "applied before it: accounts go back to this snapshot"
+    )
     return 0
 
 

@@ -105,6 +105,13 @@ class EpochsConfig:
     auto_settle: float = field(default=5.0, metadata=_check(_non_negative))
     # An epoch with files but no COMPLETE after this long is reported stale (24 h).
     stale_after: float = field(default=86400.0, metadata=_check(_positive))
+    # Epoch names more than this many seconds ahead of the server's UTC clock are refused
+    # (mkdir, rename): epochs are ordered by name, and one from the future would make
+    # every correct upload after it look older (superseded).
+    max_clock_skew: float = field(default=900.0, metadata=_check(_non_negative))
+    # An epoch whose only file is COMPLETE waits this many seconds for its data files to
+    # start (parallel clients send the empty COMPLETE first) before it is judged.
+    marker_settle: float = field(default=5.0, metadata=_check(_non_negative))
     # A processed epoch stays in /upload/ (read-only) until the sessions that uploaded it
     # have closed, at most this long, so clients' stat/setstat after close still succeed.
     publish_linger: float = field(default=30.0, metadata=_check(_non_negative))

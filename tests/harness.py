@@ -31,6 +31,7 @@ DEFAULT_TIMEOUT = 15.0
 # Epoch timings shortened for tests (settle windows, quiet period, linger, reconcile).
 FAST_EPOCHS = {
     "epochs_auto_settle": 0.3,
+    "epochs_marker_settle": 1,
     "epochs_quiet_period": 1,
     "epochs_publish_linger": 5,
     "epochs_reconcile_interval": 1,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from ingest.epochs.names import (
     auto_target,
+    epoch_name_for,
     is_misnamed_marker,
     is_temp_name,
     parse_epoch_name,
@@ -96,6 +98,7 @@ def _judge(contents: EpochContents, **kwargs: object) -> str:
         "now": 1000.0,
         "quiet_period": 10.0,
         "stale_after": 500.0,
+        "marker_settle": 5.0,
     }
     return judge_epoch("20260131-020000", contents, **{**defaults, **kwargs}).reason  # type: ignore[arg-type]
 
@@ -110,6 +113,19 @@ def test_readiness_rules() -> None:
     assert _judge(fresh, trusted_sizes={users.path: 5, marker.path: 0}) == "settling"
     assert _judge(fresh, trusted_sizes=trusted, open_paths={users.path}) == "files_open"
     assert _judge(fresh, trusted_sizes=trusted, incomplete={users.path}) == "files_incomplete"
+    # Anything being changed in the epoch holds it, even a file not listed yet.
+    assert _judge(fresh, trusted_sizes=trusted, open_paths={marker.path.parent / "x"}) == (
+        "files_open"
+    )
+    # COMPLETE alone waits for data files to start (parallel clients send it first)...
+    alone = EpochContents(marker, [], [], [], [], [])
+    assert _judge(alone, trusted_sizes=trusted) == "marker_settling"
+    assert _judge(alone, trusted_sizes=trusted, marker_seen_at=1003.0, now=1007.0) == (
+        "marker_settling"  # seen closed later than its mtime says (a client set the time)
+    )
+    assert _judge(alone, trusted_sizes=trusted, now=1004.5) == "ready"  # then: file_missing
+    # ...but an epoch with its data files is not slowed down.
+    assert _judge(fresh, trusted_sizes=trusted, marker_settle=60.0) == "ready"
     part = _seen("users.csv.filepart", mtime=999.0)
     with_part = EpochContents(marker, [users], [part], [], [], [])
     assert _judge(with_part, trusted_sizes={**trusted, part.path: 10}) == "temp_files"
@@ -129,7 +145,7 @@ def test_policy() -> None:
         def warning(self, *args: object, **kwargs: object) -> None:
             messages.append(kwargs.get("code"))
 
-    policy = EpochPolicy(registry, "refuse", Log())
+    policy = EpochPolicy(registry, "refuse", 900, Log())
 
     def reason(operation: str, path: str) -> str | None:
         try:
@@ -153,6 +169,21 @@ def test_policy() -> None:
     assert reason("mkdir", "/upload/20260103-000000/sub") == "epoch_subdirectory"
     assert reason("open", "/other/x") is None  # outside /upload/: the chroot decides
     assert reason("mkdir", "/upload/29991231-000000") == "epoch_in_future"
+    # A directory arriving by rename is judged like a mkdir; a file never becomes an epoch.
+    assert reason("rename_target_dir", "/upload/20260103-000000/sub") == "epoch_subdirectory"
+    assert reason("rename_target_dir", "/upload/20260104-000000") is None
+    assert reason("rename_target_dir", "/upload/tmp") == "epoch_name_invalid"
+    assert reason("rename_target", "/upload/20260104-000000") == "epoch_missing"
+    assert reason("rename_target_dir", "/upload/20991231-235959") == "epoch_in_future"
+    # Impossible dates are refused; an impossible time on a real date keeps its tolerance.
+    for impossible in ("99999999-999999", "20261399-000000", "20250229-120000"):
+        assert reason("mkdir", f"/upload/{impossible}") == "epoch_date_invalid"
+    # max_clock_skew (15 min here) decides how far ahead of the server's clock a name may be
+    now = datetime.now(UTC)
+    assert reason("mkdir", f"/upload/{epoch_name_for(now + timedelta(minutes=10))}") is None
+    ahead = epoch_name_for(now + timedelta(hours=9))
+    with pytest.raises(Denied, match=r"9 h ahead of the server's clock .* local time"):
+        policy.check("d", "mkdir", f"/upload/{ahead}")
 
 
 def test_archive_is_a_private_verified_copy_and_survives_a_crash(tmp_path: Path) -> None:

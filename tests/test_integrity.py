@@ -21,7 +21,7 @@ from typing import Any
 import paramiko
 import pytest
 
-from tests.clients import paramiko_client
+from tests.clients import lftp, paramiko_client, rclone
 from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon, run_in_process
 
 FAST = FAST_EPOCHS
@@ -310,3 +310,24 @@ def test_a_tampered_archive_is_never_applied(daemon: Daemon, district: Credentia
     ]
     assert "intruder@example.org" not in emails(daemon, district.name)
     assert len(emails(daemon, district.name)) == 5
+
+
+@pytest.mark.parametrize("client", ["rclone", "lftp"])
+def test_a_folder_uploaded_in_one_command_is_applied_every_time(
+    daemon: Daemon, district: Credentials, tmp_path: Path, client: str
+) -> None:
+    """rclone copy and lftp mirror -P send the epoch's files in parallel: the empty
+    COMPLETE is often done before users.csv has even been opened."""
+    folder = tmp_path / "epoch"
+    folder.mkdir()
+    (folder / "users.csv").write_bytes(users_csv(20_000))
+    (folder / "COMPLETE").write_bytes(b"")
+    for run in range(4):
+        epoch = f"2026041{run}-020000"
+        if client == "rclone":
+            rclone(daemon, district, "copy", "--transfers", "4", str(folder), f"d:/upload/{epoch}")
+        else:
+            lftp(daemon, district, f"mirror -R -P 4 {folder} /upload/{epoch}")
+        daemon.wait_for("epoch.published", district=district.name, epoch=epoch, timeout=30)
+        result = report(daemon, district.name, epoch)
+        assert (result["status"], result["errors"]) == ("applied", []), (run, result)

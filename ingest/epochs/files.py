@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ingest.epochs.handoff import FileInfo
-from ingest.epochs.names import MARKER, auto_target, epoch_name_for
+from ingest.epochs.names import MARKER, auto_target, epoch_name_for, parse_epoch_name
 from ingest.epochs.reports import ERRORS_CSV, REPORT_JSON, REPORT_NAMES, REPORT_TXT
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -58,14 +58,32 @@ def free_epoch_name(moment: datetime, taken: Callable[[str], bool]) -> str:
 
 
 def promote(
-    upload_dir: Path, staging_dir: Path, sources: Iterable[Path], taken: Callable[[str], bool]
+    upload_dir: Path,
+    staging_dir: Path,
+    sources: Iterable[Path],
+    taken: Callable[[str], bool],
+    after: str | None,
+    max_ahead: timedelta,
 ) -> tuple[str, dict[Path, Path]]:
-    """Move ``*_auto.csv`` files into a new epoch named from the current UTC time."""
+    """Move ``*_auto.csv`` files into a new epoch named from the current UTC time, or
+    later: it sorts after every epoch the district already has (``after``, the newest in
+    the ledger, and the epoch directories on disk), so a district whose own names run a
+    little ahead never sees its server-named epochs superseded. Never more than
+    ``max_ahead`` ahead of the clock, though: a name beyond that is bogus, and an operator
+    retires it (``ingest epochs retire``) rather than every later name following it."""
 
     def name_taken(name: str) -> bool:
         return taken(name) or (upload_dir / name).exists() or (staging_dir / name).exists()
 
-    name = free_epoch_name(datetime.now(UTC), name_taken)
+    now = datetime.now(UTC)
+    moment = now
+    existing = [*_epoch_dirs(upload_dir), *_epoch_dirs(staging_dir), *([after] if after else [])]
+    for name in existing:
+        parsed = parse_epoch_name(name)
+        follows = parsed.next_moment() if parsed else None
+        if follows is not None and moment < follows <= now + max_ahead:
+            moment = follows
+    name = free_epoch_name(moment, name_taken)
     staged = staging_dir / name
     staged.mkdir(mode=DIR_MODE, parents=True)
     moved: dict[Path, Path] = {}
@@ -77,6 +95,12 @@ def promote(
     _write_marker(staged)
     os.rename(staged, upload_dir / name)
     return name, moved
+
+
+def _epoch_dirs(directory: Path) -> list[str]:
+    if not directory.is_dir():
+        return []
+    return [p.name for p in directory.iterdir() if p.is_dir() and parse_epoch_name(p.name)]
 
 
 def finish_staged(upload_dir: Path, staging_dir: Path, taken: Callable[[str], bool]) -> list[str]:

@@ -5,6 +5,10 @@ States: ``received`` (ready, recorded, waiting for its turn) -> ``processing`` (
 records that the epoch's directory and reports are in ``/upload-processed/``. Every
 transition is one SQL statement guarded by the expected current state, so two workers (or
 a worker and a restart) can never both claim or finish the same epoch.
+
+Order: an epoch that sorts before the district's newest applied epoch is ``superseded``
+(an older snapshot never rolls accounts back). An operator can take a bogus epoch out of
+that order (``retired_at``) and apply a superseded one all the same (``forced_at``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ingest.epochs.handoff import FileInfo, Finding, Outcome
+from ingest.epochs.names import UTC_NAME_COMMANDS, describe_gap, parse_epoch_name
 from ingest.store.db import Database
 
 STATES = ("received", "processing", "applied", "rejected", "held", "superseded", "failed")
@@ -41,6 +46,8 @@ class EpochRecord:
     files: tuple[FileInfo, ...]
     warnings: tuple[Finding, ...]
     outcome: Outcome | None
+    retired_at: str | None = None  # an operator took it out of the epoch order
+    forced_at: str | None = None  # an operator had it applied although superseded
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> EpochRecord:
@@ -59,6 +66,8 @@ class EpochRecord:
             files=tuple(FileInfo(**f) for f in json.loads(row["files"])),
             warnings=tuple(Finding.from_json(w) for w in json.loads(row["warnings"])),
             outcome=Outcome.from_json(outcome) if outcome else None,
+            retired_at=row["retired_at"],
+            forced_at=row["forced_at"],
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -76,6 +85,8 @@ class EpochRecord:
             "files": [vars(f) for f in self.files],
             "warnings": [w.to_json() for w in self.warnings],
             "outcome": self.outcome.to_json() if self.outcome else None,
+            "retired_at": self.retired_at,
+            "forced_at": self.forced_at,
         }
 
 
@@ -104,29 +115,19 @@ class Ledger:
             )
             return cursor.rowcount == 1
 
-    def claim(self, district: str, name: str) -> str | None:
+    def claim(self, district: str, name: str, max_clock_skew: float) -> str | None:
         """Move a received epoch to ``processing`` or ``superseded``; returns the new state,
         or None when it was not waiting (claimed elsewhere, or already final)."""
         with self.db.connect() as conn:
             row = conn.execute(
-                "SELECT state FROM epochs WHERE district = ? AND name = ?", (district, name)
+                "SELECT state, forced_at FROM epochs WHERE district = ? AND name = ?",
+                (district, name),
             ).fetchone()
             if row is None or row["state"] != "received":
                 return None
             latest = self._latest_applied(conn, district)
-            if latest is not None and name < latest:
-                outcome = Outcome(
-                    "superseded",
-                    errors=(
-                        Finding(
-                            "epoch_superseded",
-                            f"epoch {latest} was already applied and is newer; applying this "
-                            "older one would roll accounts back. Nothing was changed: upload "
-                            "a new epoch (with the current time) if this data is still wanted.",
-                        ),
-                    ),
-                    message=f"superseded by {latest}, which was already applied",
-                )
+            if latest is not None and name < latest and row["forced_at"] is None:
+                outcome = superseded(district, name, latest, datetime.now(UTC), max_clock_skew)
                 conn.execute(
                     "UPDATE epochs SET state = 'superseded', finished_at = ?, outcome = ?"
                     " WHERE district = ? AND name = ? AND state = 'received'",
@@ -154,6 +155,35 @@ class Ledger:
         """Record a processor crash (exception) as ``failed``; nothing it did was kept."""
         with self.db.connect() as conn:
             self.finish(conn, district, name, outcome)
+
+    def retire(self, district: str, name: str) -> bool:
+        """Take a finished epoch out of the epoch order for good (its report is rewritten
+        to say so): a bogus name no longer supersedes the district's correct uploads."""
+        placeholders = ", ".join("?" for _ in FINAL_STATES)
+        with self.db.connect() as conn:
+            return (
+                conn.execute(
+                    "UPDATE epochs SET retired_at = ?, published_at = NULL"
+                    " WHERE district = ? AND name = ? AND retired_at IS NULL"
+                    f" AND state IN ({placeholders})",
+                    (now(), district, name, *FINAL_STATES),
+                ).rowcount
+                == 1
+            )
+
+    def force(self, district: str, name: str) -> bool:
+        """A superseded epoch goes back to ``received`` and is applied although a newer one
+        was (an operator's decision: it rolls accounts back to this snapshot)."""
+        with self.db.connect() as conn:
+            return (
+                conn.execute(
+                    "UPDATE epochs SET state = 'received', forced_at = ?, claimed_at = NULL,"
+                    " finished_at = NULL, published_at = NULL, outcome = NULL"
+                    " WHERE district = ? AND name = ? AND state = 'superseded'",
+                    (now(), district, name),
+                ).rowcount
+                == 1
+            )
 
     def mark_published(self, district: str, name: str) -> None:
         with self.db.connect() as conn:
@@ -258,10 +288,59 @@ class Ledger:
             rows = conn.execute("SELECT name FROM epochs WHERE district = ?", (district,))
             return {r["name"] for r in rows}
 
+    def latest_name(self, district: str) -> str | None:
+        """The district's last epoch in name order that was not retired: a server-named
+        epoch must sort after it."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT MAX(name) AS name FROM epochs WHERE district = ? AND retired_at IS NULL",
+                (district,),
+            ).fetchone()
+        return row["name"] if row else None
+
     @staticmethod
     def _latest_applied(conn: sqlite3.Connection, district: str) -> str | None:
         row = conn.execute(
-            "SELECT MAX(name) AS name FROM epochs WHERE district = ? AND state = 'applied'",
+            "SELECT MAX(name) AS name FROM epochs WHERE district = ? AND state = 'applied'"
+            " AND retired_at IS NULL",
             (district,),
         ).fetchone()
         return row["name"] if row else None
+
+
+def superseded(
+    district: str, name: str, latest: str, at: datetime, max_clock_skew: float
+) -> Outcome:
+    """The outcome of an epoch that sorts before the newest applied one, saying why in
+    numbers and what the district (or its operator) can do."""
+    newest, this = parse_epoch_name(latest), parse_epoch_name(name)
+    newest_at = newest.latest if newest else None
+    this_at = this.latest if this else None
+    ahead = (newest_at - at).total_seconds() if newest_at else None
+    if newest_at is None or (ahead is not None and ahead > max_clock_skew):
+        where = f"{describe_gap(ahead)} ahead of" if ahead is not None else "not a real time on"
+        advice = (
+            f"Epoch {latest}, already applied, is named {where} the server's clock (now "
+            f"{at:%Y%m%d-%H%M%S} UTC): no correctly named upload can follow it. Nothing was "
+            "changed. Ask your operator to take it out of the order (ingest epochs retire "
+            f"{district} {latest}), then to reprocess this epoch."
+        )
+    else:
+        gap = (newest_at - this_at).total_seconds() if this_at else None
+        behind = f"{describe_gap(gap)} behind" if gap else "older than"
+        local = (
+            f" Are you naming epochs with local time? Epoch names are UTC: {UTC_NAME_COMMANDS}."
+            if gap is not None and 15 * 60 <= gap <= 14 * 3600
+            else ""
+        )
+        advice = (
+            f"Your epoch name is {behind} the newest applied one ({latest}); applying this "
+            f"older snapshot would roll accounts back, so nothing was changed.{local} If this "
+            "data is still wanted, upload it again as a new epoch named with the current UTC "
+            f"time (the server's time was {at:%Y%m%d-%H%M%S} UTC)."
+        )
+    return Outcome(
+        "superseded",
+        errors=(Finding("epoch_superseded", advice),),
+        message=f"superseded by {latest}, which was already applied",
+    )

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 MARKER = "COMPLETE"
 EPOCH_FORMAT = "YYYYMMDD-HHMMSS"
-_EPOCH = re.compile(r"^(\d{8})-(\d{6})$")
+_EPOCH = re.compile(r"^(\d{8})-(\d\d)(\d\d)(\d\d)$")
+# How a district produces an epoch name: the current time in UTC.
+UTC_NAME_COMMANDS = (
+    "date -u +%Y%m%d-%H%M%S (Unix), or in PowerShell "
+    "(Get-Date).ToUniversalTime().ToString('yyyyMMdd-HHmmss')"
+)
 _AUTO = re.compile(r"^(?P<base>.+)_auto\.csv$")
 # Names clients give a file while it is being transferred (WinSCP .filepart, FileZilla and
 # curl .part, lftp/rsync temporaries, browsers' .crdownload) and editor/OS leftovers.
@@ -22,24 +27,55 @@ _TEMP_SUFFIXES = (".filepart", ".part", ".partial", ".tmp", ".temp", ".crdownloa
 @dataclass(frozen=True)
 class EpochName:
     name: str
-    time_valid: bool  # False for a well-shaped but impossible time, e.g. 20200101-139029
+    # False for a well-shaped but impossible time: 20200101-139029 (the vendor's own
+    # example, tolerated with a warning) or an impossible date, 20261399-000000 (refused)
+    time_valid: bool
+    date_valid: bool = True
+    latest: datetime | None = None  # see parse_epoch_name
 
     @property
     def timestamp(self) -> datetime | None:
-        if not self.time_valid:
+        return self.latest if self.time_valid else None
+
+    def next_moment(self) -> datetime | None:
+        """The earliest moment whose epoch name sorts after this one: a second later, or
+        for an impossible time the next day; None when no real moment does."""
+        if self.latest is None:
             return None
-        return datetime.strptime(self.name, "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
+        if self.time_valid:
+            return self.latest + timedelta(seconds=1)
+        midnight = self.latest.replace(hour=0, minute=0, second=0)
+        return midnight + timedelta(days=1)
 
 
 def parse_epoch_name(name: str) -> EpochName | None:
-    """An epoch directory name, or None when the shape is wrong."""
-    if not _EPOCH.fullmatch(name):
+    """An epoch directory name, or None when the shape is wrong. ``latest`` is the moment
+    it names, or for an impossible time on a real date the latest moment it can mean, each
+    field capped (20200101-139029: 13:59:29); None for an impossible date."""
+    match = _EPOCH.fullmatch(name)
+    if not match:
         return None
     try:
-        datetime.strptime(name, "%Y%m%d-%H%M%S")
+        day = datetime.strptime(match[1], "%Y%m%d").replace(tzinfo=UTC)
     except ValueError:
-        return EpochName(name, time_valid=False)
-    return EpochName(name, time_valid=True)
+        return EpochName(name, time_valid=False, date_valid=False)
+    hour, minute, second = (int(match[i]) for i in (2, 3, 4))
+    valid = hour < 24 and minute < 60 and second < 60
+    latest = day.replace(hour=min(hour, 23), minute=min(minute, 59), second=min(second, 59))
+    return EpochName(name, time_valid=valid, latest=latest)
+
+
+def describe_gap(seconds: float) -> str:
+    """A duration as a district reads it: '9 h', '8 h 30 min', '3 days', '45 s'."""
+    seconds = abs(seconds)
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:.0f} days"
+    if seconds >= 3600:
+        hours, rest = divmod(round(seconds / 60), 60)
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    if seconds >= 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds:.0f} s"
 
 
 def epoch_name_for(moment: datetime) -> str:

@@ -14,7 +14,10 @@ from typing import Any
 from ingest.epochs.names import (
     EPOCH_FORMAT,
     MARKER,
+    UTC_NAME_COMMANDS,
     auto_target,
+    describe_gap,
+    epoch_name_for,
     is_misnamed_marker,
     is_temp_name,
     parse_epoch_name,
@@ -22,7 +25,6 @@ from ingest.epochs.names import (
 from ingest.sftp import Denied
 
 EXAMPLE_EPOCH = "20260131-020000"
-FUTURE_TOLERANCE = timedelta(days=1)  # clock skew and time zones, not typos
 
 HOW_TO_UPLOAD = (
     f"create /upload/{EPOCH_FORMAT}/ (the UTC upload time, e.g. /upload/{EXAMPLE_EPOCH}/), "
@@ -46,9 +48,14 @@ class EpochRegistry:
 
 
 class EpochPolicy:
-    def __init__(self, registry: EpochRegistry, loose_files: str, log: Any) -> None:
+    def __init__(
+        self, registry: EpochRegistry, loose_files: str, max_clock_skew: float, log: Any
+    ) -> None:
         self.registry = registry
         self.loose_files = loose_files
+        # Epochs are ordered by name: one named after the server's clock would make every
+        # correct upload after it look older, and so superseded.
+        self.max_clock_skew = timedelta(seconds=max_clock_skew)
         self.log = log
 
     def check(self, district: str, operation: str, path: str) -> None:
@@ -67,49 +74,17 @@ class EpochPolicy:
                 f"{name} is being moved into a new epoch right now; upload again in a few "
                 "seconds (it becomes an epoch of its own)",
             )
-        if operation == "mkdir":
-            parsed = parse_epoch_name(name)
-            if parsed is None:
-                raise Denied(
-                    "epoch_name_invalid",
-                    f"{name!r} is not an epoch name; epoch directories are named "
-                    f"{EPOCH_FORMAT} in UTC, e.g. {EXAMPLE_EPOCH}",
-                )
-            if name in self.registry.known[district]:
-                raise Denied(
-                    "epoch_duplicate",
-                    f"epoch {name} was already submitted; use a new timestamp for a new upload",
-                )
-            moment = parsed.timestamp
-            if moment is not None and moment > datetime.now(UTC) + FUTURE_TOLERANCE:
-                # Epochs are ordered by name: one far in the future would make every later
-                # real upload look older than it, and so superseded.
-                raise Denied(
-                    "epoch_in_future",
-                    f"{name} is more than a day in the future; name the epoch with the "
-                    "current UTC time (date -u +%Y%m%d-%H%M%S)",
-                )
-            if not parsed.time_valid:
-                self.log.warning(
-                    "epoch.notice",
-                    district=district,
-                    epoch=name,
-                    code="epoch_time_invalid",
-                    message="epoch name has an impossible date or time; accepted",
-                )
+        if operation in ("mkdir", "rename_target_dir"):  # a directory appears here
+            self._check_new_epoch(district, name)
             return
         if operation in ("rmdir", "rename_source") and self.registry.is_submitted(district, name):
             raise Denied(
                 "epoch_submitted",
                 f"epoch {name} is complete and was submitted for processing; it cannot change",
             )
-        if operation in ("open", "rename_target"):
+        if operation in ("open", "rename_target"):  # a file appears here
             if is_temp_name(name) or auto_target(name) is not None:
                 return
-            if operation == "rename_target" and parse_epoch_name(name):
-                if name in self.registry.known[district]:
-                    raise Denied("epoch_duplicate", f"epoch {name} was already submitted")
-                return  # renaming a directory into an epoch name
             if self.loose_files == "report":
                 self.log.warning(
                     "epoch.notice",
@@ -124,6 +99,48 @@ class EpochPolicy:
                 "epoch_missing", f"{name} cannot go directly into /upload/: {HOW_TO_UPLOAD}"
             )
 
+    def _check_new_epoch(self, district: str, name: str) -> None:
+        """A directory made in, or renamed into, /upload/: an epoch name the district has
+        not used, whose time has already come (give or take the clock skew allowed)."""
+        parsed = parse_epoch_name(name)
+        if parsed is None:
+            raise Denied(
+                "epoch_name_invalid",
+                f"{name!r} is not an epoch name; epoch directories are named "
+                f"{EPOCH_FORMAT} in UTC, e.g. {EXAMPLE_EPOCH}",
+            )
+        if name in self.registry.known[district]:
+            raise Denied(
+                "epoch_duplicate",
+                f"epoch {name} was already submitted; use a new timestamp for a new upload",
+            )
+        now = datetime.now(UTC)
+        server_time = f"the server's time is {epoch_name_for(now)} UTC"
+        if parsed.latest is None:
+            raise Denied(
+                "epoch_date_invalid",
+                f"{name} is not a real date; name the epoch with the current UTC time "
+                f"({server_time}): {UTC_NAME_COMMANDS}",
+            )
+        ahead = (parsed.latest - now).total_seconds()
+        if ahead > self.max_clock_skew.total_seconds():
+            local = " (are you naming epochs with local time? they are UTC)"
+            raise Denied(
+                "epoch_in_future",
+                f"{name} is {describe_gap(ahead)} ahead of the server's clock "
+                f"({server_time}){local if ahead <= 14 * 3600 else ''}; epochs are ordered by "
+                "name, so one from the future would make every later upload look older. Name "
+                f"the epoch with the current UTC time: {UTC_NAME_COMMANDS}",
+            )
+        if not parsed.time_valid:
+            self.log.warning(
+                "epoch.notice",
+                district=district,
+                epoch=name,
+                code="epoch_time_invalid",
+                message="epoch name has an impossible time; accepted",
+            )
+
     def _check_inside(self, district: str, operation: str, epoch: str, rest: list[str]) -> None:
         if self.registry.is_submitted(district, epoch):
             raise Denied(
@@ -131,7 +148,7 @@ class EpochPolicy:
                 f"epoch {epoch} is complete and was submitted for processing; it cannot "
                 "change any more. Upload changes as a new epoch with a new timestamp.",
             )
-        if operation == "mkdir":
+        if operation in ("mkdir", "rename_target_dir"):
             raise Denied(
                 "epoch_subdirectory",
                 "epoch directories hold files only; upload the CSV files directly "

@@ -43,6 +43,8 @@ def report_json(record: EpochRecord) -> dict[str, Any]:
         "counts": outcome.summary if outcome else {},
         "errors": [f.to_json() for f in (outcome.errors if outcome else ())],
         "warnings": [f.to_json() for f in warnings],
+        "retired_at": record.retired_at,
+        "forced_at": record.forced_at,
     }
 
 
@@ -59,6 +61,16 @@ def render_text(record: EpochRecord) -> str:
     ]
     if data["message"]:
         lines.append(data["message"])
+    if record.forced_at:
+        lines.append(
+            f"An operator had it applied on {record.forced_at} although a newer upload had "
+            "been applied before it."
+        )
+    if record.retired_at:
+        lines.append(
+            f"An operator took it out of the epoch order on {record.retired_at}: it no longer "
+            "counts as your newest upload (the accounts it changed stay as they are)."
+        )
     lines += [
         "",
         f"Status:   {record.state}",

@@ -110,7 +110,8 @@ def read_epoch(epoch_dir: Path) -> EpochContents:
 @dataclass(frozen=True)
 class Verdict:
     ready: bool
-    # ready | no_marker | stale | files_open | files_incomplete | temp_files | settling
+    # ready | no_marker | stale | files_open | files_incomplete | marker_settling |
+    # temp_files | settling
     reason: str
     recheck_at: float | None = None  # wall-clock time when waiting may end by itself
     warnings: tuple[Finding, ...] = ()
@@ -127,6 +128,8 @@ def judge_epoch(
     now: float,
     quiet_period: float,
     stale_after: float,
+    marker_settle: float,
+    marker_seen_at: float | None = None,
 ) -> Verdict:
     """Is epoch ``name`` ready: COMPLETE present, nothing open, everything settled?
 
@@ -137,6 +140,9 @@ def judge_epoch(
     Such a file is settled as soon as it still has that size; any other file must not
     have changed for ``quiet_period`` seconds. ``incomplete``: files whose last upload was
     cut off; they hold the epoch back until uploaded again or removed.
+    An epoch that holds nothing but COMPLETE waits ``marker_settle`` seconds from the
+    marker's arrival (``marker_seen_at``, when our SFTP server saw it closed, or its mtime)
+    for its data files to start: parallel clients send the empty COMPLETE first.
     """
     everything = [*contents.files, *contents.temp_files]
     if contents.marker is None:
@@ -149,6 +155,10 @@ def judge_epoch(
         return Verdict(False, "files_open")
     if any(f.path in incomplete for f in candidates):
         return Verdict(False, "files_incomplete")  # a session ended mid-file
+    if not everything:
+        arrived = max(contents.marker.mtime, marker_seen_at or 0.0)
+        if now < arrived + marker_settle:
+            return Verdict(False, "marker_settling", arrived + marker_settle)
 
     temp_paths = {f.path for f in contents.temp_files}
 

@@ -19,6 +19,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,7 +108,9 @@ class EpochService:
         self.uploads = uploads
         self.log = get_logger("ingest.epochs")
         self.registry = EpochRegistry()
-        self.policy = EpochPolicy(self.registry, self.settings.loose_files, self.log)
+        self.policy = EpochPolicy(
+            self.registry, self.settings.loose_files, self.settings.max_clock_skew, self.log
+        )
         self._io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="epoch-io")
         # Publishing comes in bursts (a session that uploaded many epochs closes); its own
         # threads keep detection and claims of other districts from queueing behind it.
@@ -361,13 +364,7 @@ class EpochService:
         names = {f.name for f in autos}
         self.registry.promoting[district] |= names
         try:
-            name, moved = await self._io(
-                epoch_files.promote,
-                upload_dir,
-                self.staging_dir / district,
-                [f.path for f in autos],
-                known.__contains__,
-            )
+            name, moved = await self._io(self._promote_blocking, district, autos, known)
         finally:
             self.registry.promoting[district] -= names
         for old, new in moved.items():
@@ -381,6 +378,19 @@ class EpochService:
             files=sorted(p.name for p in moved.values()),
         )
         self.mark_dirty(district, name)
+
+    def _promote_blocking(
+        self, district: str, autos: list[Any], known: set[str]
+    ) -> tuple[str, dict[Path, Path]]:
+        """Worker thread: the new epoch's name sorts after the district's newest one."""
+        return epoch_files.promote(
+            self._upload_dir(district),
+            self.staging_dir / district,
+            [f.path for f in autos],
+            known.__contains__,
+            self.ledger.latest_name(district),
+            timedelta(seconds=self.settings.max_clock_skew),
+        )
 
     def _recheck(self, district: str, epoch: str | None, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay + 0.05, self.mark_dirty, district, epoch)
@@ -420,6 +430,7 @@ class EpochService:
                 f"marker must be named exactly {MARKER}; the epoch waits for it",
             )
         trusted = self._finished.sizes_in(epoch_dir)
+        marker_closed = self._finished.get(epoch_dir / MARKER)
         verdict = judge_epoch(
             name,
             contents,
@@ -429,6 +440,8 @@ class EpochService:
             now=time.time(),
             quiet_period=self.settings.quiet_period,
             stale_after=self.settings.stale_after,
+            marker_settle=self.settings.marker_settle,
+            marker_seen_at=marker_closed[2] if marker_closed else None,
         )
         if verdict.reason == "stale":
             if (district, name) not in self._stale:
@@ -474,7 +487,6 @@ class EpochService:
         self.registry.known[district].add(name)
         if not inserted:
             return
-        marker_closed = self._finished.get(epoch_dir / MARKER)
         self.log.info(
             "epoch.ready",
             district=district,
@@ -577,7 +589,7 @@ class EpochService:
             return None
         if record.state not in ("received", "processing"):
             return record.state, record  # finished before a restart: publish only
-        state = self.ledger.claim(district, name)
+        state = self.ledger.claim(district, name, self.settings.max_clock_skew)
         if state is None:
             return None
         record = self.ledger.get(district, name)
@@ -617,8 +629,13 @@ class EpochService:
         state in one transaction. A failure is recorded as ``failed`` (nothing applied)."""
         district, name = record.district, record.name
         archive_dir = self.archive_dir / district / name
+        # Still in /upload/, or already published without having been archived (an epoch
+        # superseded at its claim, then force-applied or reprocessed).
+        source = self._upload_dir(district) / name
+        if not source.is_dir():
+            source = self.districts_dir / district / PROCESSED / name
         try:
-            epoch_files.archive(self._upload_dir(district) / name, archive_dir, record.files)
+            epoch_files.archive(source, archive_dir, record.files)
         except FileNotFoundError as exc:  # e.g. reprocess of an epoch whose archive is gone
             outcome = Outcome(
                 "failed",

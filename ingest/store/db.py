@@ -122,6 +122,13 @@ STATE_MIGRATIONS: tuple[str, ...] = (
     """
     DROP TABLE incomplete_uploads;
     """,
+    # Operators' remedies for epoch order (ingest epochs retire / force-apply): a retired
+    # epoch no longer counts as the newest applied one; a forced one is applied although
+    # a newer one was.
+    """
+    ALTER TABLE epochs ADD COLUMN retired_at TEXT;
+    ALTER TABLE epochs ADD COLUMN forced_at TEXT;
+    """,
 )
 
 
