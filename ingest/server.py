@@ -53,6 +53,7 @@ class Server:
         uploads = UploadRegistry()
         journal = UploadJournal(config.journal_path, config.districts_dir)
         await asyncio.to_thread(journal.open)
+        await asyncio.to_thread(journal.adopt, database)
         for cut in await asyncio.to_thread(journal.recover):
             uploads.mark_incomplete(cut.path)
             self.log.warning(

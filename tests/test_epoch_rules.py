@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -213,3 +214,36 @@ def test_archive_is_a_private_verified_copy_and_survives_a_crash(tmp_path: Path)
     with pytest.raises(ArchiveMismatch) as other_size:
         archive(source, target, [info])
     assert other_size.value.size == 2 and other_size.value.sha256 is None
+
+
+def test_a_promotion_cut_short_by_a_crash_is_completed_whole(tmp_path: Path) -> None:
+    """users_auto.csv and staff_auto.csv arrived together; the server died after moving
+    the first into the new epoch. The next start moves the second too: one epoch."""
+    from ingest.epochs.files import finish_staged, promote
+
+    upload, staging = tmp_path / "upload", tmp_path / "staging"
+    upload.mkdir()
+    for name in ("users_auto.csv", "staff_auto.csv"):
+        (upload / name).write_bytes(b"x")
+    name, _ = promote(
+        upload,
+        staging,
+        [upload / "users_auto.csv", upload / "staff_auto.csv"],
+        lambda _: False,
+        None,
+        timedelta(minutes=15),
+    )
+    # Rebuild the state a kill -9 after the first move leaves: the epoch back in staging,
+    # its manifest beside it, one file moved and the other still in /upload/.
+    os.rename(upload / name, staging / name)
+    os.rename(staging / name / "staff.csv", upload / "staff_auto.csv")
+    (staging / name / "COMPLETE").unlink()
+    (staging / f"{name}.sources").write_text('["users_auto.csv", "staff_auto.csv"]')
+    assert finish_staged(upload, staging, lambda _: False) == [name]
+    assert sorted(p.name for p in (upload / name).iterdir()) == [
+        "COMPLETE",
+        "staff.csv",
+        "users.csv",
+    ]
+    assert sorted(p.name for p in upload.iterdir()) == [name]
+    assert list(staging.iterdir()) == []

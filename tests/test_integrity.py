@@ -222,25 +222,50 @@ def test_kill_9_mid_upload_then_restart_waits_for_the_upload_again(tmp_path: Pat
 
 
 class SlowExecutor(concurrent.futures.ThreadPoolExecutor):
-    """The SFTP layer's I/O threads, with a way to hold back the next job: a wide window
-    between a request's policy check (on the event loop) and its file I/O (here)."""
+    """A server's worker threads, with a way to hold back the next job that matches: a
+    wide window between a request's check on the event loop and its file I/O here, or
+    between a listing and the decision made on it. Nothing is mocked: jobs run as they
+    would, later."""
 
-    def __init__(self) -> None:
-        super().__init__(max_workers=16, thread_name_prefix="slow-io")
-        self.hold_next = 0.0
+    def __init__(self, workers: int = 16) -> None:
+        super().__init__(max_workers=workers, thread_name_prefix="slow")
+        self._hold: tuple[float, Callable[..., bool], bool] | None = None
         self.held = threading.Event()
 
+    def hold_next(
+        self, delay: float, when: Callable[..., bool] = lambda *_: True, after: bool = False
+    ) -> None:
+        """Delay the next job ``fn(*args)`` for which ``when(fn, *args)`` holds, by
+        ``delay`` seconds before it runs (or ``after`` it ran, before its result is
+        delivered)."""
+        self.held.clear()
+        self._hold = (delay, when, after)
+
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        delay, self.hold_next = self.hold_next, 0.0
-        if not delay:
+        hold = self._hold
+        if hold is None or not hold[1](fn, *args):
             return super().submit(fn, *args, **kwargs)
+        self._hold = None
+        delay, _, after = hold
 
         def late() -> Any:
             self.held.set()
-            time.sleep(delay)
-            return fn(*args, **kwargs)
+            if not after:
+                time.sleep(delay)
+            result = fn(*args, **kwargs)
+            if after:
+                time.sleep(delay)
+            return result
 
         return super().submit(late)
+
+
+def slow_sftp_io(server: Any) -> SlowExecutor:
+    """Replace an in-process server's SFTP I/O threads with a SlowExecutor."""
+    slow, usual = SlowExecutor(), server.sftp.runtime.executor
+    server.sftp.runtime.executor = slow
+    usual.shutdown(wait=False)
+    return slow
 
 
 def test_a_writer_racing_the_freeze_never_changes_a_claimed_epoch(tmp_path: Path) -> None:
@@ -249,9 +274,7 @@ def test_a_writer_racing_the_freeze_never_changes_a_claimed_epoch(tmp_path: Path
     with run_in_process(tmp_path, **FAST) as (server, view):
         creds = view.add_district("racer")
         assert server.sftp is not None
-        slow, usual = SlowExecutor(), server.sftp.runtime.executor
-        server.sftp.runtime.executor = slow
-        usual.shutdown(wait=False)
+        slow = slow_sftp_io(server)
         with paramiko_client(view, creds) as a, paramiko_client(view, creds) as b:
             sa, sb = a.open_sftp(), b.open_sftp()
             sa.mkdir(f"/upload/{epoch}")
@@ -259,7 +282,7 @@ def test_a_writer_racing_the_freeze_never_changes_a_claimed_epoch(tmp_path: Path
                 fh.write(first)
             marker = sa.open(f"/upload/{epoch}/COMPLETE", "wb")
             # B's open passes the policy now, but its file I/O runs 3 s later...
-            slow.hold_next = 3.0
+            slow.hold_next(3.0)
             late = concurrent.futures.ThreadPoolExecutor(1).submit(
                 sb.open, f"/upload/{epoch}/users.csv", "wb"
             )
@@ -331,3 +354,235 @@ def test_a_folder_uploaded_in_one_command_is_applied_every_time(
         daemon.wait_for("epoch.published", district=district.name, epoch=epoch, timeout=30)
         result = report(daemon, district.name, epoch)
         assert (result["status"], result["errors"]) == ("applied", []), (run, result)
+
+
+def cut_off(client: paramiko.SSHClient) -> None:
+    """The connection goes away with a handle open and no close request."""
+    transport = client.get_transport()
+    assert transport is not None
+    transport.close()
+
+
+@pytest.mark.parametrize("how", ["renamed-over", "removed", "same-file"])
+def test_a_close_never_makes_a_cut_file_whole_unless_it_wrote_it_after_the_cut(
+    daemon: Daemon, district: Credentials, how: str
+) -> None:
+    """Handle B is open on users.csv. Then a cut-off upload ends up at that path: renamed
+    over it, uploaded after it was removed, or written into the same file by a second
+    handle. B's close says nothing about that file: it stays not whole."""
+    epoch, data = "20260406-020000", users_csv(2_000)
+    half = data[: data.index(b"\n", len(data) // 2) + 1]
+    users = f"/upload/{epoch}/users.csv"
+    with paramiko_client(daemon, district) as a:
+        sa = a.open_sftp()
+        sa.mkdir(f"/upload/{epoch}")
+        with sa.open(users, "wb") as fh:
+            fh.write(data[:30])
+        b = paramiko_client(daemon, district)
+        resume = b.open_sftp().open(users, "r+")  # open for writing, not truncated
+        c = paramiko_client(daemon, district)
+        target = f"/upload/{epoch}/part.csv" if how == "renamed-over" else users
+        if how == "removed":
+            sa.remove(users)
+        partial = c.open_sftp().open(target, "wb")
+        partial.set_pipelined(True)
+        partial.write(half)
+        partial.flush()
+        daemon.wait_until(
+            lambda: on_disk(daemon, district, target) == len(half), "the partial file on disk"
+        )
+        cut_off(c)
+        daemon.wait_for("upload.aborted", district=district.name, path=target)
+        if how == "renamed-over":
+            sa.posix_rename(target, users)
+        with sa.open(f"/upload/{epoch}/COMPLETE", "wb"):
+            pass
+        resume.close()  # an explicit close, of a handle that did not write the partial file
+        b.close()
+        time.sleep(PAST_TIMERS)
+        nothing_for(daemon, district.name, epoch)
+        daemon.wait_for("epoch.notice", district=district.name, code="upload_incomplete")
+        with sa.open(users, "wb") as fh:  # uploaded again: now it is whole
+            fh.set_pipelined(True)
+            fh.write(data)
+    applied = daemon.wait_for("epoch.applied", district=district.name, epoch=epoch)
+    assert applied["summary"]["created"] == 2_000
+
+
+def test_a_file_removed_under_its_open_handle_leaves_nothing_behind(
+    daemon: Daemon, district: Credentials
+) -> None:
+    """Open, remove, drop the session: no record of a cut file that does not exist (a
+    client repeating that must not grow the journal)."""
+    journal = daemon.data_dir / "state" / "uploads.db"
+
+    def rows() -> int:
+        db = sqlite3.connect(journal)
+        try:
+            query = "SELECT COUNT(*) FROM uploads WHERE district = ?"
+            return int(db.execute(query, (district.name,)).fetchone()[0])
+        finally:
+            db.close()
+
+    assert rows() == 0
+    for run in range(3):
+        client = paramiko_client(daemon, district)
+        sftp = client.open_sftp()
+        path = f"/upload/20260101-000000/gone{run}.csv"
+        handle = sftp.open(path, "wb")
+        handle.write(b"x")
+        handle.flush()
+        sftp.remove(path)
+        cut_off(client)
+        aborted = daemon.wait_for("upload.aborted", district=district.name, path=path)
+        assert aborted["reason"] == "file_replaced"
+    assert rows() == 0
+
+
+def test_an_open_racing_a_rename_is_tracked_where_it_writes(tmp_path: Path) -> None:
+    """A rename of E1/users.csv to E2/ and a new upload of E1/users.csv at the same time:
+    the new upload must be known open in E1 (where it writes), not moved to E2 with the
+    renamed file. Path operations that overlap run one after the other."""
+    e1, e2 = "20260407-020000", "20260407-030000"
+    with run_in_process(tmp_path, **FAST) as (server, view):
+        creds = view.add_district("renamer")
+        assert server.sftp is not None
+        uploads, slow = server.sftp.uploads, slow_sftp_io(server)
+        root = view.root("renamer").resolve() / "upload"
+        with paramiko_client(view, creds) as a, paramiko_client(view, creds) as b:
+            sa, sb = a.open_sftp(), b.open_sftp()
+            for epoch in (e1, e2):
+                sa.mkdir(f"/upload/{epoch}")
+            with sa.open(f"/upload/{e1}/users.csv", "wb") as fh:
+                fh.write(users_csv(3))
+            background = concurrent.futures.ThreadPoolExecutor(2)
+            # The rename's file I/O, in flight for a second...
+            slow.hold_next(1.0, when=lambda fn, *_: "_rename.<locals>" in fn.__qualname__)
+            moving = background.submit(
+                sa.posix_rename, f"/upload/{e1}/users.csv", f"/upload/{e2}/users.csv"
+            )
+            assert slow.held.wait(10)
+            # ...while B's open arrives, its own I/O later still
+            slow.hold_next(2.0, when=lambda fn, *_: "open.<locals>" in fn.__qualname__)
+            opening = background.submit(sb.open, f"/upload/{e1}/users.csv", "wb")
+            moving.result(30)
+            with opening.result(30) as fresh:
+                fresh.write(b"Email,First Name,Last Name\n")
+                fresh.flush()
+                assert view.on_loop(lambda: uploads.is_open(root / e1 / "users.csv"))
+                assert not view.on_loop(lambda: uploads.is_open(root / e2 / "users.csv"))
+                with sa.open(f"/upload/{e1}/COMPLETE", "wb"):
+                    pass
+                time.sleep(PAST_TIMERS)  # B is still writing E1/users.csv: E1 waits
+                assert ledger_row(view, "renamer", e1) is None
+                fresh.write(users_csv(4)[len(b"Email,First Name,Last Name\n") :])
+        view.wait_until(
+            lambda: (ledger_row(view, "renamer", e1) or {}).get("outcome"), "E1 processed"
+        )
+        row = ledger_row(view, "renamer", e1)
+        assert row is not None and row["state"] == "applied"
+        assert json.loads(row["outcome"])["summary"]["created"] == 4
+
+
+def test_a_change_between_the_look_and_the_freeze_is_seen(tmp_path: Path) -> None:
+    """The epoch layer reads the listing, then freezes the epoch. A client that finishes
+    its paused upload in between must not leave a decision made on the old listing (an
+    epoch recorded with the size the file had before, then failed as archive_mismatch)."""
+    from ingest.epochs.scan import read_epoch
+
+    epoch, data = "20260408-020000", users_csv(3_000)
+    with run_in_process(tmp_path, **FAST) as (server, view):
+        creds = view.add_district("looker")
+        assert server.epochs is not None
+        slow = SlowExecutor(4)
+        server.epochs._io_pool = slow
+        with paramiko_client(view, creds) as a, paramiko_client(view, creds) as b:
+            sa = a.open_sftp()
+            sa.mkdir(f"/upload/{epoch}")
+            handle = sa.open(f"/upload/{epoch}/users.csv", "wb")
+            handle.write(data[:30_000])
+            handle.flush()
+            time.sleep(PAST_TIMERS)  # paused for longer than the quiet period
+            # The next listing that sees COMPLETE is delivered 2 s after it was read...
+            slow.hold_next(
+                2.0,
+                when=lambda fn, *args: fn is read_epoch and (args[0] / "COMPLETE").exists(),
+                after=True,
+            )
+            with b.open_sftp().open(f"/upload/{epoch}/COMPLETE", "wb"):
+                pass
+            assert slow.held.wait(10)
+            handle.write(data[30_000:])  # ...and meanwhile the client finishes
+            handle.close()
+        view.wait_until(
+            lambda: (ledger_row(view, "looker", epoch) or {}).get("outcome"), "an outcome"
+        )
+        row = ledger_row(view, "looker", epoch)
+        assert row is not None and row["state"] == "applied", row
+        assert json.loads(row["files"])[0]["size"] == len(data)
+
+
+def test_a_locked_journal_refuses_an_upload_quickly_and_blocks_no_one(
+    daemon: Daemon, district: Credentials
+) -> None:
+    other = daemon.add_district()
+    journal = sqlite3.connect(daemon.data_dir / "state" / "uploads.db", isolation_level=None)
+    journal.execute("BEGIN IMMEDIATE")  # someone's sqlite3 shell holds the write lock
+    try:
+        with (
+            paramiko_client(daemon, district) as client,
+            paramiko_client(daemon, other) as bystander,
+        ):
+            sftp, started = client.open_sftp(), time.monotonic()
+            with pytest.raises(OSError, match="cannot record this upload right now"):
+                sftp.open("/upload/20260101-000000/users.csv", "wb")
+            assert time.monotonic() - started < 5
+            started = time.monotonic()
+            assert bystander.open_sftp().listdir("/upload") == ["20260101-000000"]
+            assert time.monotonic() - started < 1
+    finally:
+        journal.execute("ROLLBACK")
+        journal.close()
+    daemon.wait_for("upload.journal_failed", district=district.name)
+    with (
+        paramiko_client(daemon, district) as client,
+        client.open_sftp().open("/upload/20260101-000000/users.csv", "wb") as fh,
+    ):
+        fh.write(b"works again")
+    daemon.wait_for("upload.finished", district=district.name)
+
+
+def test_a_cut_file_recorded_before_the_upgrade_stays_cut(tmp_path: Path) -> None:
+    """The version before the upload journal recorded cut-off files in ingest.db
+    (incomplete_uploads); upgrading must not forget them."""
+    import os
+
+    from ingest.store import Database, DistrictStore
+    from ingest.store.db import STATE_MIGRATIONS
+
+    epoch, data = "20260409-020000", users_csv(2_000)
+    state = tmp_path / "data" / "state"
+    state.mkdir(parents=True)
+    before = Database(f"sqlite:///{state / 'ingest.db'}", migrations=STATE_MIGRATIONS[:5])
+    before.migrate()  # the schema of the version before
+    districts = tmp_path / "data" / "districts"
+    DistrictStore(before, districts).add("upgrader", "upgrader-Correct-Horse-9")
+    directory = districts / "upgrader" / "upload" / epoch
+    directory.mkdir(parents=True)
+    (directory / "users.csv").write_bytes(data[: len(data) // 2])
+    (directory / "COMPLETE").write_bytes(b"")
+    with before.connect() as conn:
+        conn.execute(
+            "INSERT INTO incomplete_uploads (path, district, size, at) VALUES (?, ?, ?, ?)",
+            (os.path.realpath(directory / "users.csv"), "upgrader", len(data) // 2, "x"),
+        )
+    with run_daemon(tmp_path, **FAST) as daemon:
+        interrupted = daemon.wait_for("upload.interrupted", district="upgrader")
+        assert interrupted["path"] == f"/upload/{epoch}/users.csv"
+        time.sleep(PAST_TIMERS)
+        nothing_for(daemon, "upgrader", epoch)
+        db = sqlite3.connect(state / "ingest.db")
+        assert db.execute("SELECT COUNT(*) FROM legacy_incomplete_uploads").fetchone() == (0,)
+        db.close()
+    with run_daemon(tmp_path, **FAST) as daemon:  # adopted once, remembered after
+        daemon.wait_for("upload.interrupted", district="upgrader")

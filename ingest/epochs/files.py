@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -86,15 +87,27 @@ def promote(
     name = free_epoch_name(moment, name_taken)
     staged = staging_dir / name
     staged.mkdir(mode=DIR_MODE, parents=True)
+    # What belongs to this epoch, written before the first move: a crash between two
+    # moves must not split the files that arrived together into two epochs.
+    manifest = _manifest(staged)
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(json.dumps([source.name for source in sources]))
+    os.replace(tmp, manifest)
     moved: dict[Path, Path] = {}
     for source in sources:
         target_name = auto_target(source.name)
         assert target_name is not None
         os.rename(source, staged / target_name)
         moved[source] = upload_dir / name / target_name
+    manifest.unlink()
     _write_marker(staged)
     os.rename(staged, upload_dir / name)
     return name, moved
+
+
+def _manifest(staged: Path) -> Path:
+    """Beside the staged epoch (server-only), so it never becomes one of its files."""
+    return staged.with_name(staged.name + ".sources")
 
 
 def _epoch_dirs(directory: Path) -> list[str]:
@@ -109,6 +122,13 @@ def finish_staged(upload_dir: Path, staging_dir: Path, taken: Callable[[str], bo
     if not staging_dir.is_dir():
         return finished
     for staged in sorted(p for p in staging_dir.iterdir() if p.is_dir()):
+        manifest = _manifest(staged)
+        if manifest.exists():  # crashed while moving: move the rest first
+            for source_name in json.loads(manifest.read_text()):
+                source, target_name = upload_dir / source_name, auto_target(source_name)
+                if target_name and source.is_file() and not (staged / target_name).exists():
+                    os.rename(source, staged / target_name)
+            manifest.unlink()
         if not any(staged.iterdir()):
             staged.rmdir()  # crashed before the first file moved in
             continue
@@ -120,6 +140,8 @@ def finish_staged(upload_dir: Path, staging_dir: Path, taken: Callable[[str], bo
             )
         os.rename(staged, upload_dir / name)
         finished.append(name)
+    for leftover in staging_dir.glob("*.sources.tmp"):  # crashed while writing a manifest
+        leftover.unlink()
     return finished
 
 

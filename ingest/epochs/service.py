@@ -481,9 +481,21 @@ class EpochService:
             return
         origin = "auto" if (district, name) in self._promoted else "upload"
         known = {f.path: self._finished.get(f.path) for f in verdict.files}
-        infos, inserted = await self._io(
-            self._receive_blocking, district, name, origin, verdict, known
-        )
+        try:
+            # The listing judged above was read before the freeze: a change that was
+            # over by then (a rename, a last write and close) is only seen by a second
+            # one, which nothing over SFTP can change any more.
+            if await self._io(read_epoch, epoch_dir) != contents:
+                self.registry.submitted[district].discard(name)
+                self.mark_dirty(district, name)
+                return
+            infos, inserted = await self._io(
+                self._receive_blocking, district, name, origin, verdict, known
+            )
+        except BaseException:
+            self.registry.submitted[district].discard(name)
+            self._recheck(district, name, self.settings.reconcile_interval)
+            raise
         self.registry.known[district].add(name)
         if not inserted:
             return

@@ -9,7 +9,7 @@ under this directory open for writing right now, and was that file cut off?" thr
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -105,12 +105,20 @@ class FanOut:
 class OpenUpload:
     """One change in progress: a handle open for writing (``intent`` is its row in the
     :class:`UploadJournal`), or for the length of one request a rename, removal or
-    truncation (``intent`` None). ``real_path`` follows renames of the file or its dirs."""
+    truncation (``intent`` None). ``real_path`` follows renames of the file or its dirs.
+
+    ``settled`` is set once the change's own file system operation is over (the open of a
+    handle, or the whole request): path operations that overlap wait for each other, so
+    a rename never has to guess whether an open that raced it opened the old file or made
+    a new one. ``may_clear`` turns False when the file is cut off by another handle while
+    this one is registered: this handle's close then no longer proves the file whole."""
 
     district: str
     real_path: Path
     session_id: str
     intent: int | None = None
+    may_clear: bool = True
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class UploadJournal(Protocol):
@@ -118,9 +126,10 @@ class UploadJournal(Protocol):
     :class:`ingest.store.journal.UploadJournal`).
 
     A row is written before a handle opened for writing touches the file and deleted by
-    the explicit close that makes the file whole; a handle that ends any other way leaves
-    its row marked cut off, and after a crash every row is. Methods block: they are called
-    from worker threads.
+    the explicit close that makes the file whole (which also clears what was cut off at
+    that path before the handle opened); a handle that ends any other way leaves its row
+    marked cut off, unless its file is gone, and after a crash every row is. Methods block:
+    they are called from worker threads.
     """
 
     def begin(self, district: str, path: Path, session_id: str) -> int: ...
@@ -140,6 +149,10 @@ class UploadJournal(Protocol):
 
 def _at_or_under(path: Path, directory: Path) -> bool:
     return path == directory or path.is_relative_to(directory)
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return _at_or_under(a, b) or _at_or_under(b, a)
 
 
 def _moved(path: Path, old: Path, new: Path) -> Path:
@@ -167,11 +180,20 @@ class UploadRegistry:
 
     # --- changes in progress ---------------------------------------------------------
 
+    def unsettled(self, *paths: Path) -> OpenUpload | None:
+        """A change whose file system operation is still running at, above or below one
+        of ``paths``: a new operation there waits for it (``settled``)."""
+        for upload in self._open:
+            if not upload.settled.is_set() and any(_overlap(upload.real_path, p) for p in paths):
+                return upload
+        return None
+
     def add(self, upload: OpenUpload) -> None:
         self._open.add(upload)
         self._empty.clear()
 
     def discard(self, upload: OpenUpload) -> None:
+        upload.settled.set()
         self._open.discard(upload)
         if not self._open:
             self._empty.set()
@@ -193,6 +215,9 @@ class UploadRegistry:
 
     def mark_incomplete(self, path: Path) -> None:
         self._incomplete.add(path)
+        for upload in self._open:
+            if upload.real_path == path:
+                upload.may_clear = False
 
     def clear_incomplete(self, path: Path) -> None:
         self._incomplete.discard(path)
@@ -206,13 +231,10 @@ class UploadRegistry:
     # --- both ------------------------------------------------------------------------
 
     def involves(self, *paths: Path) -> bool:
-        """Whether anything open or cut off is at or below one of ``paths`` (a rename or
-        removal there must update the journal too)."""
-        return any(
-            _at_or_under(known, path)
-            for path in paths
-            for known in [*(u.real_path for u in self._open), *self._incomplete]
-        )
+        """Whether a handle open for writing or a file cut off is at or below one of
+        ``paths`` (a rename or removal there must update the journal too)."""
+        known = [*(u.real_path for u in self._open if u.intent is not None), *self._incomplete]
+        return any(_at_or_under(k, path) for path in paths for k in known)
 
     def renamed(self, old: Path, new: Path) -> None:
         """Follow a rename of a file or of a directory: what was at ``new`` was replaced,

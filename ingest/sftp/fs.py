@@ -128,28 +128,44 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             resolved = self._paths.resolve(path, access)
             return resolved, fn(resolved.real)
 
-        change = None
+        changes = await self._admit((operation, path)) if access is Access.WRITE else []
         try:
-            if access is Access.WRITE:
-                change = self._admit(operation, path)
             return await self._io(work)
         except Denied as denial:
             raise self._deny(operation, path, denial) from None
         finally:
-            if change is not None:
+            for change in changes:
                 self._runtime.uploads.discard(change)
 
-    def _admit(self, operation: str, path: bytes) -> OpenUpload:
-        """The upload policy's check and the registration of the change, in one step on
-        the event loop (pure and in memory, before any file I/O); raises Denied. The
-        caller discards the registration when the change is over."""
-        virtual = self._paths.virtual(path)
-        self._runtime.policy.check(self._session.district, operation, virtual)
-        change = OpenUpload(
-            self._session.district, self._paths.real(virtual), self._session.session_id
-        )
-        self._runtime.uploads.add(change)
-        return change
+    async def _admit(self, *requests: tuple[str, bytes]) -> list[OpenUpload]:
+        """Admit a change at each (operation, path): once no other path operation at,
+        above or below these paths is running, the upload policy's check and the
+        registration of every change in one step on the event loop (pure and in memory,
+        before any file I/O). Refusals are raised as the client's SFTP error. The caller
+        discards the registrations when its change is over (an open handle: when it
+        ends; it marks itself settled once opened)."""
+        uploads = self._runtime.uploads
+        targets = []
+        for operation, path in requests:
+            try:
+                virtual = self._paths.virtual(path)
+            except Denied as denial:
+                raise self._deny(operation, path, denial) from None
+            targets.append((operation, path, virtual, self._paths.real(virtual)))
+        while (running := uploads.unsettled(*(t[3] for t in targets))) is not None:
+            await running.settled.wait()
+        for operation, path, virtual, _ in targets:
+            try:
+                self._runtime.policy.check(self._session.district, operation, virtual)
+            except Denied as denial:
+                raise self._deny(operation, path, denial) from None
+        changes = [
+            OpenUpload(self._session.district, real, self._session.session_id)
+            for *_, real in targets
+        ]
+        for change in changes:
+            uploads.add(change)
+        return changes
 
     def _deny(self, operation: str, path: bytes | str, denial: Denied) -> asyncssh.SFTPError:
         shown = path.decode("utf-8", "replace") if isinstance(path, bytes) else path
@@ -186,13 +202,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
                 "open", path, Access.READ, lambda real: os.open(real, flags)
             )
             return _Handle(fd, resolved)
-        try:
-            upload = self._admit("open", path)
-        except Denied as denial:
-            raise self._deny("open", path, denial) from None
+        (upload,) = await self._admit(("open", path))
         journal, session = self._runtime.journal, self._session
 
-        def work() -> tuple[Resolved, int, int]:
+        def work() -> tuple[Resolved, int, int, int | None]:
             # The journal row first: from then on a crash leaves the file flagged as not
             # whole, whatever happens to it below.
             resolved = self._paths.resolve(path, Access.WRITE)
@@ -205,24 +218,28 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             except BaseException:
                 _best_effort(journal.forget, intent)
                 raise
-            return resolved, intent, fd
+            append_at = os.fstat(fd).st_size if pflags & asyncssh.FXF_APPEND else None
+            return resolved, intent, fd, append_at
 
         try:
-            resolved, upload.intent, fd = await self._io(work)
+            resolved, upload.intent, fd, append_at = await self._io(work)
         except BaseException as exc:
             self._runtime.uploads.discard(upload)
             if isinstance(exc, Denied):
                 raise self._deny("open", path, exc) from None
             if isinstance(exc, _JournalFailed):
-                self._log.error("upload.journal_failed", path=upload.real_path.name, error=str(exc))
+                self._log.error(
+                    "upload.journal_failed",
+                    path=self._paths.to_virtual(upload.real_path),
+                    error=str(exc),
+                )
                 raise asyncssh.SFTPFailure(
                     "the server cannot record this upload right now; retry in a few minutes"
                 ) from None
             raise
-        handle = _Handle(fd, resolved, upload=upload)
+        upload.settled.set()
+        handle = _Handle(fd, resolved, upload=upload, append_at=append_at)
         handle.writer = FileWriter(fd, self._runtime.executor, self._runtime.hash_executor)
-        if pflags & asyncssh.FXF_APPEND:
-            handle.append_at = (await self._io(os.fstat, fd)).st_size
         self._log.info("upload.started", path=resolved.virtual)
         self._runtime.events.handle_sftp_event(
             UploadStarted(
@@ -240,33 +257,36 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             return
         duration = round(time.monotonic() - handle.opened, 6)
         virtual = self._paths.to_virtual(upload.real_path)
-        try:
-            await writer.wait_idle()
-            # Queued data is written on abort too: a partial file is what a client resumes
-            # from. Small files are hashed and closed in the same worker-thread hop.
-            size, digest = await self._io(
-                _finish_writes, writer, explicit, self._runtime.journal, upload
-            )
-        except Exception as error:
-            written = isinstance(error, OSError)
+        await writer.wait_idle()
+        # Queued data is written on abort too: a partial file is what a client resumes
+        # from. Small files are hashed and closed in the same worker-thread hop.
+        end = await self._io(_finish_writes, writer, explicit, self._runtime.journal, upload)
+        if end.error is not None:
+            written = isinstance(end.error, OSError)
             reason = "write_error" if written else "journal_error"
-            self._upload_aborted(upload, virtual, writer, duration, reason, error)
+            self._upload_aborted(upload, virtual, writer, duration, reason, end.same, end.error)
             if not explicit:
                 return  # session clean-up: nobody is listening
             if written:
-                raise
+                raise end.error
             raise asyncssh.SFTPFailure(
                 "the server could not record this upload as complete; upload the file again"
-            ) from None
-        if not explicit:
+            )
+        if not end.same:
+            # Replaced or removed while this handle was open: what it wrote is gone, and
+            # its end says nothing about the file now at its path.
+            self._upload_aborted(upload, virtual, writer, duration, "file_replaced", False)
+        elif not explicit:
             reason = "server_shutdown" if self._runtime.draining else "session_closed"
-            self._upload_aborted(upload, virtual, writer, duration, reason)
-        elif digest is not None:
-            self._upload_finished(upload, virtual, writer, duration, size, digest)
+            self._upload_aborted(upload, virtual, writer, duration, reason, True)
+        elif end.digest is not None:
+            self._upload_finished(upload, virtual, writer, duration, end.size, end.digest)
         else:
             # Every byte is on disk: answer the client now and let the digest catch up in
             # the background; the file stays registered as open until it is announced.
-            task = asyncio.create_task(self._finish_digest(upload, virtual, writer, duration, size))
+            task = asyncio.create_task(
+                self._finish_digest(upload, virtual, writer, duration, end.size)
+            )
             self._runtime.background.add(task)
             task.add_done_callback(self._runtime.background.discard)
 
@@ -276,7 +296,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         try:
             digest = await self._io(_digest_and_close, writer, size)
         except OSError as error:
-            self._upload_aborted(upload, virtual, writer, duration, "read_error", error)
+            self._upload_aborted(upload, virtual, writer, duration, "read_error", True, error)
             return
         self._upload_finished(upload, virtual, writer, duration, size, digest)
 
@@ -292,7 +312,8 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         # The registry first, so a listener asking "is anything still open, is this file
         # whole?" on this event gets the right answer.
         self._runtime.uploads.discard(upload)
-        self._runtime.uploads.clear_incomplete(upload.real_path)
+        if upload.may_clear:  # nothing cut this file off since this handle opened it
+            self._runtime.uploads.clear_incomplete(upload.real_path)
         self._log.info(
             "upload.finished",
             path=virtual,
@@ -321,10 +342,13 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         writer: FileWriter,
         duration: float,
         reason: str,
+        cut: bool,
         error: Exception | None = None,
     ) -> None:
+        """``cut``: the file at the handle's path is the one it wrote, now not whole."""
         self._runtime.uploads.discard(upload)
-        self._runtime.uploads.mark_incomplete(upload.real_path)
+        if cut:
+            self._runtime.uploads.mark_incomplete(upload.real_path)
         self._log.warning(
             "upload.aborted",
             path=virtual,
@@ -415,19 +439,24 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     async def remove(self, path: bytes) -> None:
         uploads, journal = self._runtime.uploads, self._runtime.journal
+        (change,) = await self._admit(("remove", path))
+        cut = uploads.is_incomplete(change.real_path)
+
+        def work() -> Resolved:
+            resolved = self._paths.resolve(path, Access.WRITE)
+            os.unlink(resolved.real)
+            if cut:
+                _best_effort(journal.removed, resolved.real)
+            return resolved
+
         try:
-            cut = uploads.is_incomplete(self._paths.real(self._paths.virtual(path)))
+            resolved = await self._io(work)
+            if cut:
+                uploads.clear_incomplete(resolved.real)
         except Denied as denial:
             raise self._deny("remove", path, denial) from None
-
-        def unlink(real: Path) -> None:
-            os.unlink(real)
-            if cut:
-                _best_effort(journal.removed, real)
-
-        resolved, _ = await self._on_path("remove", path, Access.WRITE, unlink)
-        if cut:
-            uploads.clear_incomplete(resolved.real)
+        finally:
+            uploads.discard(change)
 
     async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
         # Clients create every directory on the way (curl --ftp-create-dirs, lftp mirror):
@@ -458,13 +487,9 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         _, is_dir = await self._on_path("rename_source", oldpath, Access.READ, _is_dir)
         target_operation = "rename_target_dir" if is_dir else "rename_target"
         uploads, journal = self._runtime.uploads, self._runtime.journal
-        changes: list[OpenUpload] = []
+        changes = await self._admit(("rename_source", oldpath), (target_operation, newpath))
         try:
-            changes.append(self._admit("rename_source", oldpath))
-            try:
-                changes.append(self._admit(target_operation, newpath))
-            except Denied as denial:
-                raise self._deny(target_operation, newpath, denial) from None
+            # Only a handle open for writing or a file cut off needs the journal to follow.
             tracked = uploads.involves(changes[0].real_path, changes[1].real_path)
 
             def work() -> tuple[Resolved, Resolved]:
@@ -472,7 +497,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
                 new = self._paths.resolve(newpath, Access.WRITE)
                 if _is_dir(old.real) != is_dir:
                     raise FileNotFoundError(2, "changed while being renamed", str(old.real))
-                copies = journal.rename_begin(old.real, new.real) if tracked else []
+                try:
+                    copies = journal.rename_begin(old.real, new.real) if tracked else []
+                except Exception as exc:
+                    raise _JournalFailed(repr(exc)) from exc
                 try:
                     _rename(old.real, new.real, replace)
                 except BaseException:
@@ -487,10 +515,13 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
                 old, new = await self._io(work)
             except Denied as denial:
                 raise self._deny("rename_source", oldpath, denial) from None
+            except _JournalFailed as failure:
+                self._log.error("upload.journal_failed", operation="rename", error=str(failure))
+                raise asyncssh.SFTPFailure(
+                    "the server cannot record this rename right now; retry in a few minutes"
+                ) from None
             # Still inside the registered change: nobody sees the new name untracked.
             uploads.renamed(old.real, new.real)
-        except Denied as denial:
-            raise self._deny("rename_source", oldpath, denial) from None
         finally:
             for change in changes:
                 uploads.discard(change)
@@ -544,36 +575,74 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 INLINE_DIGEST_MAX = 1024 * 1024  # hash files up to this size inside the close hop
 
 
+@dataclass
+class _End:
+    """How a write handle's last hop ended (see :func:`_finish_writes`)."""
+
+    size: int = 0
+    digest: str | None = None
+    same: bool = True  # the file at the handle's path is still the one it wrote
+    error: Exception | None = None
+
+
 def _finish_writes(
     writer: FileWriter, explicit: bool, journal: UploadJournal, upload: OpenUpload
-) -> tuple[int, str | None]:
+) -> _End:
     """Worker thread: the last writes, the journal, then the digest and close of a small
     finished upload.
 
-    The journal row goes only once every byte is on disk and before the client hears that
-    its close succeeded; a handle that ends any other way leaves it marked cut off. A
-    large finished upload keeps its descriptor open for :func:`_digest_and_close`, which
-    runs after the client has its answer; every other outcome closes it here.
+    Only when the file at the handle's path is still the one it wrote does its end say
+    anything about that file. Then an explicit close makes it whole: its data and its
+    directory entry are synced to disk first, so that the journal never records as
+    whole a file a power cut could still shorten, and the journal row goes before the
+    client hears that its close succeeded. Any other end marks it cut off. A handle whose
+    file was replaced or removed only takes its own row away. A large finished upload
+    keeps its descriptor open for :func:`_digest_and_close`, which runs after the client
+    has its answer; every other outcome closes it here.
     """
     assert upload.intent is not None
-    keep_open = False
+    end, keep_open = _End(), False
     try:
         try:
-            size = writer.finish_blocking()
-        except OSError:
-            _best_effort(journal.cut, upload.intent, writer.bytes_written)
-            raise
-        if explicit:
-            journal.finished(upload.intent, upload.real_path)
+            end.size = writer.finish_blocking()
+        except OSError as exc:
+            end.error = exc
+        end.same = _same_file(writer.fd, upload.real_path)
+        if not end.same:
+            _best_effort(journal.forget, upload.intent)
+        elif not explicit or end.error is not None:
+            _best_effort(journal.cut, upload.intent, end.size or writer.bytes_written)
         else:
-            _best_effort(journal.cut, upload.intent, size)
-        if explicit and size > INLINE_DIGEST_MAX:
-            keep_open = True
-            return size, None
-        return size, writer.digest.hexdigest(size) if explicit else None
+            os.fdatasync(writer.fd)
+            _fsync_directory(upload.real_path.parent)
+            journal.finished(upload.intent, upload.real_path)
+            if end.size > INLINE_DIGEST_MAX:
+                keep_open = True
+            else:
+                end.digest = writer.digest.hexdigest(end.size)
+    except Exception as exc:  # the sync or the journal: the row stays, the file not whole
+        end.error = end.error or exc
     finally:
         if not keep_open:
             os.close(writer.fd)
+    return end
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        at_path = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (at_path.st_dev, at_path.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _digest_and_close(writer: FileWriter, size: int) -> str:

@@ -118,9 +118,10 @@ STATE_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX accounts_by_digest ON accounts (district, email, digest, status);
     """,
     # Cut-off uploads are recorded by the SFTP layer's upload journal (its own file,
-    # ingest/store/journal.py) from here on.
+    # ingest/store/journal.py) from here on. The daemon's next start moves the rows left
+    # here into it (UploadJournal.adopt) and empties this table.
     """
-    DROP TABLE incomplete_uploads;
+    ALTER TABLE incomplete_uploads RENAME TO legacy_incomplete_uploads;
     """,
     # Operators' remedies for epoch order (ingest epochs retire / force-apply): a retired
     # epoch no longer counts as the newest applied one; a forced one is applied although
@@ -150,10 +151,13 @@ class Database:
         *,
         background_checkpoints: bool = False,
         migrations: tuple[str, ...] = STATE_MIGRATIONS,
+        busy_timeout: float = 30.0,
     ) -> None:
         self.url = url
         self.path = sqlite_path(url)
         self.migrations = migrations
+        # How long a statement waits for another connection's write lock before failing.
+        self.busy_timeout = busy_timeout
         # True in the daemon, whose Checkpointer copies the log back (see checkpoint.py)
         self.background_checkpoints = background_checkpoints
         self._local = threading.local()
@@ -161,10 +165,10 @@ class Database:
     def _thread_connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             if self.background_checkpoints:
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._local.conn = conn
@@ -190,7 +194,7 @@ class Database:
         try:
             row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         finally:
-            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         return int(row[0]), int(row[1]), int(row[2])
 
     @contextmanager

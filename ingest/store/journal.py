@@ -12,7 +12,15 @@ A file of its own beside the state database (``<data_dir>/state/uploads.db``), n
 in it: SQLite has one writer at a time, and an epoch's apply holds the state database's
 write lock for seconds (a million-row first apply about 5 s). An upload's open waits for
 its journal row, and must not wait for another district's apply. Each write here is one
-small transaction (about 0.4 ms with its fsync on this project's test machine).
+small transaction (about 0.4 ms with its fsync on this project's test machine); only the
+daemon writes here, so a lock is never held for long, and one held anyway (someone's
+``sqlite3`` shell) fails an upload after ``BUSY_TIMEOUT`` instead of stalling the SFTP
+layer's I/O threads for half a minute.
+
+A close clears what was cut off at its path only if it was cut off before the closing
+handle was opened (``cut_mark``, the highest row id when the cut was recorded, is below
+the handle's id): a cut by another handle while this one was open leaves the file not
+whole.
 
 Rows follow renames of their file (or of a directory holding it); while a rename runs,
 its rows exist under both names, so a crash at any point leaves the file flagged wherever
@@ -32,12 +40,13 @@ from ingest.store.db import Database
 JOURNAL_MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE uploads (
-        id         INTEGER PRIMARY KEY,
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
         district   TEXT NOT NULL,
         path       TEXT NOT NULL,
         session_id TEXT NOT NULL,
         opened_at  TEXT NOT NULL,
         cut_at     TEXT,
+        cut_mark   INTEGER,
         size       INTEGER
     );
     CREATE INDEX uploads_by_path ON uploads (path);
@@ -46,6 +55,9 @@ JOURNAL_MIGRATIONS: tuple[str, ...] = (
 
 # Rows for a path or anything below it, with the index: '0' sorts right after '/'.
 _UNDER = "(path = ? OR (path >= ? AND path < ?))"
+# The highest row id ever given: a cut is recorded with it (see the module docstring).
+_LAST_ID = "(SELECT seq FROM sqlite_sequence WHERE name = 'uploads')"
+BUSY_TIMEOUT = 2.0  # seconds
 
 
 def _under(key: str) -> tuple[str, str, str]:
@@ -70,7 +82,9 @@ class UploadJournal:
     """Blocking; call from worker threads. :meth:`open` creates or upgrades the file."""
 
     def __init__(self, path: Path, districts_dir: Path) -> None:
-        self.database = Database(f"sqlite:///{path}", migrations=JOURNAL_MIGRATIONS)
+        self.database = Database(
+            f"sqlite:///{path}", migrations=JOURNAL_MIGRATIONS, busy_timeout=BUSY_TIMEOUT
+        )
         # Resolved like the SFTP layer's chroots, whose real paths come in here.
         self.root = Path(os.path.realpath(districts_dir))
 
@@ -91,18 +105,20 @@ class UploadJournal:
 
     def finished(self, intent: int, path: Path) -> None:
         """The handle was closed by the client with every byte written: the file is whole,
-        including after earlier uploads of it that were cut off."""
+        including after earlier uploads of it that were cut off before it opened."""
         with self.database.connect() as conn:
             conn.execute(
-                "DELETE FROM uploads WHERE id = ? OR (path = ? AND cut_at IS NOT NULL)",
-                (intent, self._key(path)),
+                "DELETE FROM uploads WHERE id = ?"
+                " OR (path = ? AND cut_at IS NOT NULL AND cut_mark < ?)",
+                (intent, self._key(path), intent),
             )
 
     def cut(self, intent: int, size: int) -> None:
         """The handle ended without a close request; one cut row per path is enough."""
         with self.database.connect() as conn:
             conn.execute(
-                "UPDATE uploads SET cut_at = ?, size = ? WHERE id = ?", (_now(), size, intent)
+                f"UPDATE uploads SET cut_at = ?, cut_mark = {_LAST_ID}, size = ? WHERE id = ?",
+                (_now(), size, intent),
             )
             conn.execute(
                 "DELETE FROM uploads WHERE cut_at IS NOT NULL AND id != ?"
@@ -119,9 +135,10 @@ class UploadJournal:
         """Before renaming ``old`` to ``new``: copies of its rows under the new name."""
         with self.database.connect() as conn:
             rows = conn.execute(
-                "INSERT INTO uploads (district, path, session_id, opened_at, cut_at, size)"
-                " SELECT district, ? || substr(path, ?), session_id, opened_at, cut_at, size"
-                f" FROM uploads WHERE {_UNDER} RETURNING id",
+                "INSERT INTO uploads"
+                " (district, path, session_id, opened_at, cut_at, cut_mark, size)"
+                " SELECT district, ? || substr(path, ?), session_id, opened_at, cut_at,"
+                f" cut_mark, size FROM uploads WHERE {_UNDER} RETURNING id",
                 (self._key(new), len(self._key(old)) + 1, *_under(self._key(old))),
             ).fetchall()
         return [row[0] for row in rows]
@@ -152,7 +169,10 @@ class UploadJournal:
         """At startup, before any session: every row is a file that is not whole (one still
         open was cut off by the server's end). Rows of files that no longer exist go."""
         with self.database.connect() as conn:
-            conn.execute("UPDATE uploads SET cut_at = ? WHERE cut_at IS NULL", (_now(),))
+            conn.execute(
+                f"UPDATE uploads SET cut_at = ?, cut_mark = {_LAST_ID} WHERE cut_at IS NULL",
+                (_now(),),
+            )
             rows = conn.execute("SELECT id, district, path, size FROM uploads ORDER BY id")
             found: dict[str, CutUpload] = {}
             gone = []
@@ -165,3 +185,40 @@ class UploadJournal:
                 found[row["path"]] = CutUpload(row["district"], path, virtual, row["size"])
             conn.executemany("DELETE FROM uploads WHERE id = ?", gone)
         return list(found.values())
+
+    def adopt(self, state: Database) -> int:
+        """Once, after the upgrade that introduced this journal: the cut-off files the
+        state database recorded before (its ``legacy_incomplete_uploads`` table) become
+        rows here, then leave that table. Returns how many."""
+        with state.read() as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_schema WHERE name = 'legacy_incomplete_uploads'"
+            ).fetchone()
+            rows = (
+                conn.execute(
+                    "SELECT path, district, size FROM legacy_incomplete_uploads"
+                ).fetchall()
+                if exists
+                else []
+            )
+        adopted = [
+            (row["district"], self._key(Path(row["path"])), row["size"])
+            for row in rows
+            if Path(row["path"]).is_relative_to(self.root)
+        ]
+        if adopted:
+            with self.database.connect() as conn:
+                now = _now()
+                for district, key, size in adopted:
+                    cursor = conn.execute(
+                        "INSERT INTO uploads (district, path, session_id, opened_at, cut_at,"
+                        " size) VALUES (?, ?, '', ?, ?, ?)",
+                        (district, key, now, now, size),
+                    )
+                    conn.execute(
+                        "UPDATE uploads SET cut_mark = id WHERE id = ?", (cursor.lastrowid,)
+                    )
+        if rows:  # a crash before this only adopts them once more
+            with state.connect() as conn:
+                conn.execute("DELETE FROM legacy_incomplete_uploads")
+        return len(adopted)
