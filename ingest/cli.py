@@ -192,18 +192,19 @@ def _parser() -> argparse.ArgumentParser:
     hist.add_argument("email")
     hist.set_defaults(handler=_accounts_history)
 
-    erep = ec.add_parser("reprocess", help="process a finished epoch again (from its archive)")
-    erep.add_argument("district")
-    erep.add_argument("epoch")
-    erep.set_defaults(handler=_epochs_reprocess)
-    for action, text in (
-        ("retire", "take a finished epoch (e.g. a bogus name from the future) out of the order"),
-        ("force-apply", "apply a superseded epoch although a newer one was applied"),
+    for action, text, handler in (
+        ("reprocess", "process a finished epoch again (from its archive)", _epochs_reprocess),
+        (
+            "retire",
+            "take a finished epoch (e.g. a bogus name from the future) out of the order",
+            _epochs_order,
+        ),
+        ("force-apply", "apply a superseded epoch although a newer one was applied", _epochs_order),
     ):
-        order = ec.add_parser(action, help=text)
-        order.add_argument("district")
-        order.add_argument("epoch")
-        order.set_defaults(handler=_epochs_order, action=action)
+        one = ec.add_parser(action, help=text)
+        one.add_argument("district")
+        one.add_argument("epoch")
+        one.set_defaults(handler=handler, action=action)
     return parser
 
 

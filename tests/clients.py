@@ -62,6 +62,27 @@ def sftp_batch(
     return result
 
 
+def ssh_sftp_subsystem(
+    daemon: Daemon, creds: Credentials, stdin: bytes = b""
+) -> subprocess.CompletedProcess[bytes]:
+    """``ssh -s host sftp`` fed ``stdin`` raw: the exit status the server's channel gives."""
+    require_tool("ssh")
+    return subprocess.run(
+        [
+            "ssh",
+            "-p",
+            str(daemon.port),
+            *ssh_options(daemon, creds),
+            "-s",
+            f"{creds.name}@127.0.0.1",
+            "sftp",
+        ],
+        input=stdin,
+        capture_output=True,
+        timeout=CLIENT_TIMEOUT,
+    )
+
+
 def curl(
     daemon: Daemon, creds: Credentials, *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:

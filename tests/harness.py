@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -71,6 +72,25 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is not installed; .ci/run must install it")
         pytest.skip(f"{name} is not installed (apt-get install {name})")
     return path
+
+
+def ledger_row(daemon: Daemon, district: str, epoch: str) -> dict[str, Any] | None:
+    """The epoch's row in the ledger, read as an operator's tool would."""
+    db = sqlite3.connect(daemon.data_dir / "state" / "ingest.db")
+    db.row_factory = sqlite3.Row
+    try:
+        row = db.execute(
+            "SELECT * FROM epochs WHERE district = ? AND name = ?", (district, epoch)
+        ).fetchone()
+        return dict(row) if row else None
+    finally:
+        db.close()
+
+
+def report(daemon: Daemon, district: str, epoch: str) -> dict[str, Any]:
+    """The epoch's published report.json, as the district reads it."""
+    path = daemon.root(district) / "upload-processed" / epoch / "report.json"
+    return dict(json.loads(path.read_text()))
 
 
 @dataclass

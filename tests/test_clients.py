@@ -20,6 +20,7 @@ from tests.clients import (
     sftp_batch,
     sftp_url,
     ssh_options,
+    ssh_sftp_subsystem,
 )
 from tests.harness import Credentials, Daemon, require_tool
 
@@ -202,21 +203,7 @@ def test_scp_exits_zero(daemon: Daemon, district: Credentials, tmp_path: Path) -
 
 
 def test_sftp_subsystem_exits_zero_on_eof(daemon: Daemon, district: Credentials) -> None:
-    require_tool("ssh")
-    result = subprocess.run(
-        [
-            "ssh",
-            "-p",
-            str(daemon.port),
-            *ssh_options(daemon, district),
-            "-s",
-            f"{district.name}@127.0.0.1",
-            "sftp",
-        ],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=CLIENT_TIMEOUT,
-    )
+    result = ssh_sftp_subsystem(daemon, district)
     assert result.returncode == 0, result.stderr
 
 

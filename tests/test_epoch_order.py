@@ -18,7 +18,7 @@ import pytest
 
 from ingest.epochs.names import epoch_name_for
 from tests.clients import paramiko_client
-from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon
+from tests.harness import FAST_EPOCHS, Credentials, Daemon, report, run_daemon
 
 ANN = b"Email,First Name,Last Name\nann@example.org,Ann,Lee\n"
 BOB = b"Email,First Name,Last Name\nbob@example.org,Bob,Ray\n"
@@ -63,8 +63,7 @@ def upload_auto(daemon: Daemon, creds: Credentials, users: bytes) -> str:
 
 def published(daemon: Daemon, creds: Credentials, epoch: str, count: int = 1) -> dict[str, Any]:
     daemon.wait_for("epoch.published", district=creds.name, epoch=epoch, count=count, timeout=30)
-    path = daemon.root(creds.name) / "upload-processed" / epoch / "report.json"
-    return dict(json.loads(path.read_text()))
+    return report(daemon, creds.name, epoch)
 
 
 def emails(daemon: Daemon, creds: Credentials) -> set[str]:

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import paramiko
 import pytest
 
 from tests.clients import curl, paramiko_client, sftp_batch, sftp_url
-from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon
+from tests.harness import FAST_EPOCHS, Credentials, Daemon, ledger_row, report, run_daemon
 
 USERS = b"Email,First Name,Last Name\nann@example.org,Ann,Lee\n"
 MANY_USERS = b"Email,First Name,Last Name\n" + b"".join(
@@ -34,23 +33,6 @@ FAST = FAST_EPOCHS
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     with run_daemon(tmp_path_factory.mktemp("epochs"), **FAST) as running:
         yield running
-
-
-def ledger_row(daemon: Daemon, district: str, epoch: str) -> dict[str, Any] | None:
-    db = sqlite3.connect(daemon.data_dir / "state" / "ingest.db")
-    db.row_factory = sqlite3.Row
-    try:
-        row = db.execute(
-            "SELECT * FROM epochs WHERE district = ? AND name = ?", (district, epoch)
-        ).fetchone()
-        return dict(row) if row else None
-    finally:
-        db.close()
-
-
-def report(daemon: Daemon, district: str, epoch: str) -> dict[str, Any]:
-    path = daemon.root(district) / "upload-processed" / epoch / "report.json"
-    return json.loads(path.read_text())
 
 
 def index_of(daemon: Daemon, record: dict[str, Any]) -> int:

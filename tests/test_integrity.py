@@ -22,7 +22,15 @@ import paramiko
 import pytest
 
 from tests.clients import lftp, paramiko_client, rclone
-from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon, run_in_process
+from tests.harness import (
+    FAST_EPOCHS,
+    Credentials,
+    Daemon,
+    ledger_row,
+    report,
+    run_daemon,
+    run_in_process,
+)
 
 FAST = FAST_EPOCHS
 # Longer than every timer of FAST_EPOCHS that could make an epoch ready or promote a file.
@@ -45,23 +53,6 @@ assert len(BIG) > BATCH + 1_000_000
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     with run_daemon(tmp_path_factory.mktemp("integrity"), **FAST) as running:
         yield running
-
-
-def ledger_row(daemon: Daemon, district: str, epoch: str) -> dict[str, Any] | None:
-    db = sqlite3.connect(daemon.data_dir / "state" / "ingest.db")
-    db.row_factory = sqlite3.Row
-    try:
-        row = db.execute(
-            "SELECT * FROM epochs WHERE district = ? AND name = ?", (district, epoch)
-        ).fetchone()
-        return dict(row) if row else None
-    finally:
-        db.close()
-
-
-def report(daemon: Daemon, district: str, epoch: str) -> dict[str, Any]:
-    path = daemon.root(district) / "upload-processed" / epoch / "report.json"
-    return json.loads(path.read_text())
 
 
 def emails(daemon: Daemon, district: str) -> set[str]:

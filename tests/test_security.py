@@ -9,7 +9,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tests.clients import paramiko_client, sftp_batch, ssh_options
+from tests.clients import paramiko_client, sftp_batch, ssh_options, ssh_sftp_subsystem
 from tests.harness import Credentials, Daemon, require_tool
 
 
@@ -297,19 +297,5 @@ def test_finite_field_key_exchange_is_refused(
 def test_malformed_sftp_stream_ends_with_failure_status(
     daemon: Daemon, district: Credentials
 ) -> None:
-    require_tool("ssh")
-    result = subprocess.run(
-        [
-            "ssh",
-            "-p",
-            str(daemon.port),
-            *ssh_options(daemon, district),
-            "-s",
-            f"{district.name}@127.0.0.1",
-            "sftp",
-        ],
-        input=b"\x7f\xff\xff\xff",  # a packet length far beyond the limit
-        capture_output=True,
-        timeout=30,
-    )
+    result = ssh_sftp_subsystem(daemon, district, b"\x7f\xff\xff\xff")  # length far too big
     assert result.returncode == 1, result.stderr

@@ -218,19 +218,25 @@ class Database:
             yield conn
 
     @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
+    def connect(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """A connection inside one transaction: committed on success, rolled back on error.
 
         Each thread keeps one open connection to the file (a sqlite3 connection belongs to
         the thread that made it): opening one per transaction cost more than the
         transaction itself on the hot path of the epoch layer.
+
+        ``durable=False``: the commit is not synced to disk before this returns, so a power
+        cut (never a crash of the process) may undo it; for writes whose loss errs on the
+        safe side (see ingest/store/journal.py), at a fraction of the cost.
         """
-        with self._transaction("BEGIN IMMEDIATE") as conn:
+        synchronous = "FULL" if durable else "NORMAL"
+        with self._transaction("BEGIN IMMEDIATE", synchronous) as conn:
             yield conn
 
     @contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, begin: str, synchronous: str = "FULL") -> Iterator[sqlite3.Connection]:
         conn = self._thread_connection()
+        conn.execute(f"PRAGMA synchronous = {synchronous}")  # outside a transaction only
         conn.execute(begin)
         try:
             yield conn

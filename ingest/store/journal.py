@@ -17,6 +17,15 @@ daemon writes here, so a lock is never held for long, and one held anyway (someo
 ``sqlite3`` shell) fails an upload after ``BUSY_TIMEOUT`` instead of stalling the SFTP
 layer's I/O threads for half a minute.
 
+Only two writes must reach the disk before the daemon goes on, and only they pay for a
+synced commit: ``begin`` (a file must never be touched before its row is durable) and
+``rename_begin`` (a cut-off file must never reach its new name without its row). Every
+other write only ever takes a row away or marks one cut off; if a power cut undoes it,
+the file is flagged as not whole and the district uploads it again, which is safe. (A
+``kill -9`` loses nothing either way: committed is committed for the next process.) The
+close deletes its row only after the file's data is synced (``fs.py``), so a deletion
+that survives a power cut never speaks for bytes that did not.
+
 A close clears what was cut off at its path only if it was cut off before the closing
 handle was opened (``cut_mark``, the highest row id when the cut was recorded, is below
 the handle's id): a cut by another handle while this one was open leaves the file not
@@ -106,7 +115,7 @@ class UploadJournal:
     def finished(self, intent: int, path: Path) -> None:
         """The handle was closed by the client with every byte written: the file is whole,
         including after earlier uploads of it that were cut off before it opened."""
-        with self.database.connect() as conn:
+        with self.database.connect(durable=False) as conn:
             conn.execute(
                 "DELETE FROM uploads WHERE id = ?"
                 " OR (path = ? AND cut_at IS NOT NULL AND cut_mark < ?)",
@@ -115,7 +124,7 @@ class UploadJournal:
 
     def cut(self, intent: int, size: int) -> None:
         """The handle ended without a close request; one cut row per path is enough."""
-        with self.database.connect() as conn:
+        with self.database.connect(durable=False) as conn:
             conn.execute(
                 f"UPDATE uploads SET cut_at = ?, cut_mark = {_LAST_ID}, size = ? WHERE id = ?",
                 (_now(), size, intent),
@@ -128,7 +137,7 @@ class UploadJournal:
 
     def forget(self, intent: int) -> None:
         """The open failed: the file was not touched."""
-        with self.database.connect() as conn:
+        with self.database.connect(durable=False) as conn:
             conn.execute("DELETE FROM uploads WHERE id = ?", (intent,))
 
     def rename_begin(self, old: Path, new: Path) -> list[int]:
@@ -147,7 +156,7 @@ class UploadJournal:
         """After the rename: when it was ``done``, what was cut off at ``new`` was replaced
         and the rows under ``old`` move to ``new``; either way the copies go."""
         marks = ", ".join("?" for _ in copies) or "NULL"
-        with self.database.connect() as conn:
+        with self.database.connect(durable=False) as conn:
             conn.execute(f"DELETE FROM uploads WHERE id IN ({marks})", copies)
             if done:
                 conn.execute(
@@ -160,7 +169,7 @@ class UploadJournal:
                 )
 
     def removed(self, path: Path) -> None:
-        with self.database.connect() as conn:
+        with self.database.connect(durable=False) as conn:
             conn.execute(
                 "DELETE FROM uploads WHERE path = ? AND cut_at IS NOT NULL", (self._key(path),)
             )
