@@ -63,9 +63,10 @@ def sftp_batch(
 
 
 def ssh_sftp_subsystem(
-    daemon: Daemon, creds: Credentials, stdin: bytes = b""
+    daemon: Daemon, creds: Credentials, stdin: bytes = b"", options: list[str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """``ssh -s host sftp`` fed ``stdin`` raw: the exit status the server's channel gives."""
+    """``ssh -s host sftp`` fed ``stdin`` raw: the exit status the server's channel gives.
+    ``options``: more options for ssh (before ``-s``)."""
     require_tool("ssh")
     return subprocess.run(
         [
@@ -73,6 +74,7 @@ def ssh_sftp_subsystem(
             "-p",
             str(daemon.port),
             *ssh_options(daemon, creds),
+            *(options or []),
             "-s",
             f"{creds.name}@127.0.0.1",
             "sftp",

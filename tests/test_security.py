@@ -299,3 +299,21 @@ def test_malformed_sftp_stream_ends_with_failure_status(
 ) -> None:
     result = ssh_sftp_subsystem(daemon, district, b"\x7f\xff\xff\xff")  # length far too big
     assert result.returncode == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host_key", "accepted"),
+    [("ssh-ed25519", True), ("rsa-sha2-512", True), ("rsa-sha2-256", True), ("ssh-rsa", False)],
+)
+def test_host_key_signatures_are_pinned(
+    daemon: Daemon, district: Credentials, host_key: str, accepted: bool
+) -> None:
+    """The RSA host key could sign with SHA-1 (ssh-rsa); the server never agrees to it.
+    (paramiko 5 cannot even ask for ssh-rsa any more: OpenSSH can.)"""
+    asked = ["-v", "-o", f"HostKeyAlgorithms={host_key}"]  # -v: say why it failed
+    result = ssh_sftp_subsystem(daemon, district, options=asked)
+    if accepted:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 255
+        assert b"no matching host key type found" in result.stderr

@@ -71,6 +71,10 @@ SIGNATURE_ALGS = (
     "rsa-sha2-512",
     "rsa-sha2-256",
 )
+# Host key signatures. asyncssh offers every signature a loaded key can make, SHA-1
+# "ssh-rsa" for the RSA key included, and has no option to leave one out: each key pair's
+# own list is narrowed to these (SFTPService.start).
+HOST_KEY_ALGS = ("ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256")
 SERVER_VERSION = "ingest"
 
 
@@ -141,11 +145,18 @@ class SFTPService:
 
     async def start(self) -> int:
         """Listen on the configured address; returns the bound port (useful with port 0)."""
+        host_keys = asyncssh.load_keypairs([k.key for k in self.host_keys])
+        for pair in host_keys:
+            pair.host_key_algorithms = [
+                algorithm
+                for algorithm in pair.host_key_algorithms
+                if algorithm.decode("ascii") in HOST_KEY_ALGS
+            ]
         self._acceptor = await asyncssh.listen(
             self.settings.host,
             self.settings.port,
             server_factory=lambda: DistrictConnection(self),
-            server_host_keys=[k.key for k in self.host_keys],
+            server_host_keys=host_keys,
             server_version=SERVER_VERSION,
             kex_algs=list(KEX_ALGS),
             encryption_algs=list(ENCRYPTION_ALGS),
