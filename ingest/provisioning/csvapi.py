@@ -41,6 +41,10 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]{2,}")
 _STAFF_ID = re.compile(r"[A-Za-z0-9]+")
 _EXCERPT = 60
 _CHUNK = 1 << 20
+# No valid row comes near this (every column at its length limit is a few tens of KB).
+# A longer line is refused in the byte pass, so that the text pass never holds one in
+# memory: a file without line breaks would otherwise be read as one line of the file's size.
+MAX_LINE_BYTES = 1 << 20
 _Getter = Callable[[list[str]], tuple[str, ...]]  # a row's COLUMNS, in order
 # csv's own cap on one field; a longer one is almost always a quote that never closes
 _CSV_FIELD_LIMIT = csv.field_size_limit()
@@ -108,6 +112,20 @@ def meant_column(header: str) -> str | None:
         return _ALIASES[folded]
     close = get_close_matches(folded, list(_FOLDED), n=1, cutoff=0.8)
     return _FOLDED[close[0]] if close else None
+
+
+def _character_boundary(chunk: bytes) -> int:
+    """Where ``chunk`` can be cut without splitting a UTF-8 sequence: before a lead byte
+    among its last three bytes whose sequence does not fit, else at its end (invalid
+    bytes are left for the decoder to report)."""
+    for back in range(1, min(4, len(chunk)) + 1):
+        byte = chunk[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: ASCII or a lead byte
+            needed = 2 if byte >= 0xC0 else 1
+            needed = 3 if byte >= 0xE0 else needed
+            needed = 4 if byte >= 0xF0 else needed
+            return len(chunk) - back if needed > back else len(chunk)
+    return len(chunk)
 
 
 class _Validator:
@@ -212,16 +230,20 @@ class _Validator:
                     line=1,
                 )
                 return 0
-            # Whole lines per chunk: a UTF-8 sequence never contains a newline byte.
+            # Chunks end on a character boundary: a UTF-8 sequence cut in two is carried
+            # over (at most 3 bytes, whatever the file: no line end needed, so a file
+            # without newlines costs what any other file of its size costs).
             fh.seek(3 if head.startswith(b"\xef\xbb\xbf") else 0)
-            offset, lines, carry = fh.tell(), 1, b""
+            offset, lines, carry, open_line = fh.tell(), 1, b"", 0
             while chunk := fh.read(_CHUNK):
                 chunk = carry + chunk
-                cut = chunk.rfind(b"\n") + 1 if len(chunk) >= _CHUNK else len(chunk)
+                cut = _character_boundary(chunk)
                 chunk, carry = chunk[:cut], chunk[cut:]
                 if not chunk:
                     continue
                 line = self._check_chunk(chunk, offset, lines)
+                if line is None:
+                    open_line, line = self._check_line_lengths(chunk, open_line, lines)
                 if line is not None:
                     return line
                 offset += len(chunk)
@@ -229,6 +251,32 @@ class _Validator:
             if carry:
                 return self._check_chunk(carry, offset, lines)
         return None
+
+    def _check_line_lengths(
+        self, chunk: bytes, open_line: int, first_line: int
+    ) -> tuple[int, int | None]:
+        """No line longer than MAX_LINE_BYTES; ``open_line``: the bytes of the line still
+        open at the end of the previous chunk. A look per MAX_LINE_BYTES / 2 bytes, not
+        per line: a line at least that long covers one of those windows entirely, which
+        then has no line end (so lines between half the limit and the limit pass)."""
+        step = MAX_LINE_BYTES // 2
+        first = chunk.find(b"\n")
+        where: int | None = 0  # where the long line is (it may have begun before the chunk)
+        if open_line + (len(chunk) if first == -1 else first) <= MAX_LINE_BYTES:
+            windows = range(max(first, 0), len(chunk) - step, step)
+            where = next((w for w in windows if chunk.find(b"\n", w, w + step) == -1), None)
+        if where is not None:
+            line = first_line + chunk.count(b"\n", 0, where)
+            self.file_error(
+                "line_too_long",
+                f"a line from line {line} on is longer than {MAX_LINE_BYTES} bytes: this is "
+                "not a users.csv with one row per line (a file without line breaks?); "
+                "export it again as CSV UTF-8",
+                line=line,
+            )
+            return 0, line
+        last = chunk.rfind(b"\n")
+        return (open_line + len(chunk) if last == -1 else len(chunk) - last - 1), None
 
     def _check_chunk(self, chunk: bytes, offset: int, first_line: int) -> int | None:
         nul = chunk.find(b"\x00")
