@@ -59,9 +59,17 @@ class ServerConfig:
     login_timeout: float = field(default=60.0, metadata=_check(_positive))
     # Seconds between SSH keepalives; 0 disables them.
     keepalive_interval: float = field(default=30.0, metadata=_check(_non_negative))
+    # Authenticated connections in total; unauthenticated ones have limits of their own.
     max_connections: int = field(default=256, metadata=_check(_positive))
     max_sessions_per_district: int = field(default=16, metadata=_check(_positive))
     max_auth_attempts: int = field(default=6, metadata=_check(_positive))
+    # Connections still in key exchange or authentication (random early drop from half).
+    max_unauthenticated: int = field(default=64, metadata=_check(_positive))
+    max_unauthenticated_per_source: int = field(default=8, metadata=_check(_positive))
+    # Seconds a new connection has to finish the key exchange (then login_timeout applies).
+    kex_timeout: float = field(default=10.0, metadata=_check(_positive))
+    max_channels_per_connection: int = field(default=4, metadata=_check(_positive))
+    max_handles_per_session: int = field(default=64, metadata=_check(_positive))
     # On SIGTERM, how long running uploads may take to finish before sessions are closed.
     shutdown_grace: float = field(default=30.0, metadata=_check(_non_negative))
 

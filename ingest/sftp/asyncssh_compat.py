@@ -52,6 +52,8 @@ _session_error: contextvars.ContextVar[BaseException | None] = contextvars.Conte
 )
 _installed = False
 _FXP_CLOSE: int = getattr(_sftp, "FXP_CLOSE")  # noqa: B009 - not re-exported by asyncssh
+# The SFTP protocol version served: asyncssh's own default (v3, what every client speaks).
+SFTP_VERSION: int = getattr(_sftp, "MIN_SFTP_VERSION")  # noqa: B009
 _FXP_WRITE: int = getattr(_sftp, "FXP_WRITE")  # noqa: B009
 # Extensions asyncssh offers that cannot work here, with the handler that serves each.
 # (hardlink@openssh.com stays: it works, and answers with hardlink_refused.)

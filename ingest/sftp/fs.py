@@ -65,6 +65,7 @@ class SessionState:
     log: Any  # structlog BoundLogger bound to district, session_id, peer
     bytes_in: int = 0
     bytes_out: int = 0
+    handles: int = 0  # open now, in all of the connection's SFTP sessions
 
 
 @dataclass
@@ -78,6 +79,7 @@ class SFTPRuntime:
     policy: UploadPolicy
     uploads: UploadRegistry
     journal: UploadJournal
+    max_handles: int  # per connection (SessionState.handles)
     draining: bool = False
     # Digests finishing after the client's close was answered; referenced so they run on.
     background: set[asyncio.Task[None]] = field(default_factory=set)
@@ -181,6 +183,23 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     # --- files -----------------------------------------------------------------------
 
     async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Handle:
+        session = self._session
+        if session.handles >= self._runtime.max_handles:
+            self._log.warning(
+                "limit.reached", limit="max_handles_per_session", value=self._runtime.max_handles
+            )
+            raise asyncssh.SFTPFailure(
+                f"too many open files: at most {self._runtime.max_handles} at once per "
+                "connection; close files before opening more"
+            )
+        session.handles += 1  # taken back by close(), or below if the open fails
+        try:
+            return await self._open(path, pflags)
+        except BaseException:
+            session.handles -= 1
+            raise
+
+    async def _open(self, path: bytes, pflags: int) -> _Handle:
         writing = bool(pflags & _WRITE_FLAGS)
         if writing and self._runtime.draining:
             raise self._deny(
@@ -250,6 +269,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     async def close(self, file_obj: object) -> None:
         handle = _as_handle(file_obj)
+        self._session.handles -= 1
         explicit = asyncssh_compat.closing_explicitly()
         writer, upload = handle.writer, handle.upload
         if writer is None or upload is None:

@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import asyncssh
+from asyncssh.channel import SSHChannel
+from asyncssh.stream import SSHServerStreamSession
 
 from ingest.config import ServerConfig
 from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
+from ingest.sftp.admission import Admission
 from ingest.sftp.events import (
     SessionClosed,
     SFTPEventHandler,
@@ -96,6 +100,8 @@ class _Limits:
     max_connections: int
     max_sessions_per_district: int
     max_auth_attempts: int
+    kex_timeout: float
+    max_channels_per_connection: int
 
 
 class SFTPService:
@@ -117,7 +123,14 @@ class SFTPService:
         self.host_keys = host_keys
         self.districts = districts
         self.limits = _Limits(
-            settings.max_connections, settings.max_sessions_per_district, settings.max_auth_attempts
+            settings.max_connections,
+            settings.max_sessions_per_district,
+            settings.max_auth_attempts,
+            settings.kex_timeout,
+            settings.max_channels_per_connection,
+        )
+        self.admission = Admission(
+            settings.max_unauthenticated, settings.max_unauthenticated_per_source
         )
         # File I/O threads; sized for many concurrent sessions, not for CPU.
         self.runtime = SFTPRuntime(
@@ -129,6 +142,7 @@ class SFTPService:
             policy=policy,
             uploads=uploads,
             journal=journal,
+            max_handles=settings.max_handles_per_session,
         )
         # argon2 is deliberately slow and memory-hungry: two threads bound what a flood of
         # password attempts can cost, and keep it off the file I/O threads.
@@ -163,11 +177,13 @@ class SFTPService:
             mac_algs=list(MAC_ALGS),
             signature_algs=list(SIGNATURE_ALGS),
             compression_algs=["none"],
-            sftp_factory=self._make_sftp_server,
+            # No sftp_factory: DistrictConnection.session_requested counts the channels
+            # and makes the SFTP session itself.
             allow_scp=False,
             agent_forwarding=False,
             x11_forwarding=False,
             allow_pty=False,
+            line_editor=False,  # the sftp subsystem is binary; no terminal is ever offered
             login_timeout=self.settings.login_timeout,
             keepalive_interval=self.settings.keepalive_interval or None,
             keepalive_count_max=3,
@@ -176,11 +192,16 @@ class SFTPService:
         self.accepting = True
         return int(self._acceptor.get_port())
 
-    def _make_sftp_server(self, chan: asyncssh.SSHServerChannel[bytes]) -> DistrictSFTPServer:
+    def make_sftp_server(self, chan: SSHChannel[bytes]) -> DistrictSFTPServer:
+        assert isinstance(chan, asyncssh.SSHServerChannel)
         owner = chan.get_connection().get_owner()
         assert isinstance(owner, DistrictConnection) and owner.session is not None
         chroot = Chroot(self.districts.root(owner.session.district))
         return DistrictSFTPServer(chan, chroot, owner.session, self.runtime)
+
+    @property
+    def authenticated(self) -> int:
+        return sum(self.sessions_by_district.values())
 
     def stop_accepting(self) -> None:
         """Close the listening socket; established sessions go on."""
@@ -225,39 +246,77 @@ class DistrictConnection(asyncssh.SSHServer):
         self.log: Any = get_logger("ingest.sftp", session_id=self.session_id)
         self.opened = time.monotonic()
         self.closed = asyncio.Event()
+        self.source = "?"
         self.username = ""
         self.auth_failures = 0
         self.auth_method = ""
         self.refused = False
+        self.channels = 0
+        self._unauthenticated = False  # counted by the service's Admission
+        self._kex_deadline: asyncio.TimerHandle | None = None
 
     # --- connection lifecycle ----------------------------------------------------------
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         peer = conn.get_extra_info("peername") or ("?", 0)
+        self.source = str(peer[0])
         self.log = self.log.bind(peer=f"{peer[0]}:{peer[1]}")
         service = self.service
         if not service.accepting:
             self._refuse("shutting_down", "Server is shutting down")
-        elif len(service.connections) >= service.limits.max_connections:
-            self._refuse("max_connections", "Too many connections")
-        else:
-            service.connections.add(self)
-            self.log.info("session.opened")
+            return
+        refusal = service.admission.admit(self.source)
+        if refusal is not None:
+            self._refuse(refusal, "Too many connections")
+            return
+        self._unauthenticated = True
+        service.connections.add(self)
+        self._kex_deadline = asyncio.get_running_loop().call_later(
+            service.limits.kex_timeout, self._kex_too_slow
+        )
+        self.log.info("session.opened")
+
+    def _kex_too_slow(self) -> None:
+        self._kex_deadline = None
+        self._refuse("kex_timeout", "Key exchange not completed in time")
+
+    def _authenticated_or_gone(self) -> None:
+        if self._kex_deadline is not None:
+            self._kex_deadline.cancel()
+            self._kex_deadline = None
+        if self._unauthenticated:
+            self._unauthenticated = False
+            self.service.admission.leave(self.source)
 
     def _refuse(self, reason: str, message: str) -> None:
         self.refused = True
         self.log.warning(
             "connection.refused",
             reason=reason,
-            connections=len(self.service.connections),
+            connections=self.service.authenticated,
+            unauthenticated=self.service.admission.unauthenticated,
             **({"district": self.username} if self.username else {}),
         )
         assert self.conn is not None
         self.conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, message)
 
+    def session_requested(self) -> SSHServerStreamSession[bytes] | bool:
+        """A channel for the sftp subsystem (shell and exec are refused by the session),
+        at most ``max_channels_per_connection`` at once."""
+        limit = self.service.limits.max_channels_per_connection
+        if self.channels >= limit:
+            self.log.warning("limit.reached", limit="max_channels_per_connection", value=limit)
+            return False
+        self.channels += 1
+        return _CountedSession(self._channel_closed, self.service.make_sftp_server)
+
+    def _channel_closed(self) -> None:
+        self.channels -= 1
+
     def connection_lost(self, exc: Exception | None) -> None:
         service = self.service
+        self._authenticated_or_gone()
         if self in service.connections:
             service.connections.discard(self)
             session = self.session
@@ -288,6 +347,10 @@ class DistrictConnection(asyncssh.SSHServer):
     # --- authentication ------------------------------------------------------------------
 
     def begin_auth(self, username: str) -> bool:
+        # The key exchange is done: from here login_timeout applies.
+        if self._kex_deadline is not None:
+            self._kex_deadline.cancel()
+            self._kex_deadline = None
         self.username = username
         return True  # authentication is always required
 
@@ -343,7 +406,12 @@ class DistrictConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         service = self.service
         district = self.username
+        self._authenticated_or_gone()
+        service.admission.authenticated(self.source)
         active = service.sessions_by_district.get(district, 0)
+        if service.authenticated >= service.limits.max_connections:
+            self._refuse("max_connections", "Too many connections")
+            return
         if active >= service.limits.max_sessions_per_district:
             self._refuse(
                 "max_sessions_per_district",
@@ -355,3 +423,23 @@ class DistrictConnection(asyncssh.SSHServer):
         self.log = self.log.bind(district=district)
         self.session = SessionState(district, self.session_id, self.log)
         self.log.info("auth.succeeded", method=self.auth_method)
+
+
+class _CountedSession(SSHServerStreamSession[bytes]):
+    """asyncssh's own session for the sftp subsystem, telling its connection when the
+    channel is gone (asyncssh makes it itself when given an ``sftp_factory``, which leaves
+    no way to count channels; the asyncssh pin in pyproject.toml guards the class)."""
+
+    def __init__(
+        self,
+        closed: Callable[[], None],
+        sftp_factory: Callable[[SSHChannel[bytes]], asyncssh.SFTPServer],
+    ) -> None:
+        super().__init__(None, sftp_factory, asyncssh_compat.SFTP_VERSION, False)
+        self._closed: Callable[[], None] | None = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed is not None:
+            self._closed()
+            self._closed = None
+        super().connection_lost(exc)

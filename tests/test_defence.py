@@ -1,0 +1,132 @@
+"""Defence: what one host, or one district, can take from the server is bounded.
+
+Attackers connect from other loopback addresses (127.0.0.2, ...) than the legitimate
+districts (127.0.0.1), so that per-source rules can be seen on one machine.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import paramiko
+import pytest
+
+from tests.clients import paramiko_client
+from tests.harness import Daemon, run_daemon, wait_until
+
+LIMITS = {
+    "server_max_unauthenticated": 16,
+    "server_max_unauthenticated_per_source": 4,
+    "server_kex_timeout": 2,
+    "server_max_channels_per_connection": 3,
+    "server_max_handles_per_session": 5,
+}
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    with run_daemon(tmp_path_factory.mktemp("defence"), **LIMITS) as running:
+        yield running
+
+
+def idle_connections(daemon: Daemon, sources: list[str], each: int) -> list[socket.socket]:
+    """TCP connections that never send a byte (not even the SSH banner)."""
+    opened = []
+    for source in sources:
+        for _ in range(each):
+            sock = socket.create_connection(
+                ("127.0.0.1", daemon.port), timeout=5, source_address=(source, 0)
+            )
+            opened.append(sock)
+    return opened
+
+
+def refused(daemon: Daemon, reason: str) -> int:
+    return len(daemon.events("connection.refused", reason=reason))
+
+
+def test_an_unauthenticated_flood_never_locks_a_known_district_out(daemon: Daemon) -> None:
+    creds = daemon.add_district()
+    with paramiko_client(daemon, creds):  # the district's address becomes known
+        pass
+    sources = [f"127.0.0.{n}" for n in range(2, 10)]
+    flood = idle_connections(daemon, sources, each=8)  # 64 from 8 addresses
+    try:
+        # at most 4 per address, at most 16 (with early drop from 8) in all
+        # 4 per address at most, 16 in all (with early drop from 8): 48 or more refused,
+        # the first two addresses' surplus for the per-address cap at least
+        daemon.wait_until(
+            lambda: (
+                refused(daemon, "max_unauthenticated_per_source")
+                + refused(daemon, "max_unauthenticated")
+                >= 64 - 16
+            ),
+            "the flood refused",
+        )
+        assert refused(daemon, "max_unauthenticated_per_source") >= 2 * 4
+        assert refused(daemon, "max_unauthenticated") >= 1
+        started = time.monotonic()
+        with paramiko_client(daemon, creds) as client:  # the known district gets in
+            assert "upload" in client.open_sftp().listdir("/")
+        assert time.monotonic() - started < 5
+        # the flood's admitted connections never finish a key exchange: closed at 2 s
+        daemon.wait_until(lambda: refused(daemon, "kex_timeout") >= 8, "kex deadlines")
+    finally:
+        for sock in flood:
+            sock.close()
+    stranger = daemon.add_district()
+    with paramiko_client(daemon, stranger) as client:  # and the pool is free again
+        assert "upload" in client.open_sftp().listdir("/")
+
+
+def test_a_silent_connection_is_closed_at_the_key_exchange_deadline(daemon: Daemon) -> None:
+    (sock,) = idle_connections(daemon, ["127.0.0.20"], each=1)
+    started = time.monotonic()
+    sock.settimeout(10)
+    assert sock.recv(64).startswith(b"SSH-2.0-ingest")
+    while sock.recv(4096):  # the server hangs up long before login_timeout (60 s)
+        pass
+    assert time.monotonic() - started < 5
+    sock.close()
+
+
+def test_channels_per_connection_are_capped(daemon: Daemon) -> None:
+    creds = daemon.add_district()
+    with paramiko_client(daemon, creds) as client:
+        transport = client.get_transport()
+        assert transport is not None
+        channels = [transport.open_session() for _ in range(3)]
+        with pytest.raises(paramiko.ChannelException):
+            transport.open_session()
+        daemon.wait_for("limit.reached", district=creds.name, limit="max_channels_per_connection")
+        channels[0].close()
+
+        def reopened() -> paramiko.Channel | None:
+            try:
+                return transport.open_session(timeout=10)
+            except paramiko.ChannelException:
+                return None  # the server has not seen the close yet
+
+        again = wait_until(reopened, what="a slot back once a channel closed")
+        again.invoke_subsystem("sftp")
+        sftp = paramiko.SFTPClient(again)
+        assert "upload" in sftp.listdir("/")
+
+
+def test_open_files_per_session_are_capped(daemon: Daemon) -> None:
+    creds = daemon.add_district()
+    with paramiko_client(daemon, creds) as client:
+        sftp = client.open_sftp()
+        handles = [sftp.open(f"/upload/20260101-000000/f{i}.csv", "wb") for i in range(5)]
+        with pytest.raises(OSError, match="too many open files"):
+            sftp.open("/upload/20260101-000000/f5.csv", "wb")
+        with pytest.raises(OSError, match="too many open files"):
+            sftp.open("/upload/20260101-000000/f0.csv", "rb")  # reads count too
+        daemon.wait_for("limit.reached", district=creds.name, limit="max_handles_per_session")
+        handles[0].close()
+        with sftp.open("/upload/20260101-000000/f5.csv", "wb") as fh:  # room again
+            fh.write(b"x")
+        for handle in handles[1:]:
+            handle.close()
