@@ -76,9 +76,14 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class StorageConfig:
-    """Where districts' files, host keys and state live."""
+    """Where districts' files, host keys and state live, and what uploads may take."""
 
     data_dir: Path = Path("./var")
+    # Each district's upload/ tree: bytes and files (waiting epochs, _auto.csv files).
+    district_quota_bytes: int = field(default=2 * 1024**3, metadata=_check(_positive))
+    district_quota_files: int = field(default=1000, metadata=_check(_positive))
+    # Below this much free space on the data volume, no upload starts or goes on.
+    min_free_bytes: int = field(default=256 * 1024**2, metadata=_check(_non_negative))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from ingest.sftp import (
     UploadRegistry,
     load_or_create_host_keys,
 )
+from ingest.sftp.storage import Storage, StorageLimits
 from ingest.store import Database, DistrictStore
 from ingest.store.checkpoint import Checkpointer
 from ingest.store.journal import UploadJournal
@@ -73,6 +74,15 @@ class Server:
             policy=self.epochs.policy,
             uploads=uploads,
             journal=journal,
+            storage=Storage(
+                StorageLimits(
+                    max_file_bytes=config.provisioning.max_file_bytes,
+                    quota_bytes=config.storage.district_quota_bytes,
+                    quota_files=config.storage.district_quota_files,
+                    min_free_bytes=config.storage.min_free_bytes,
+                ),
+                config.data_dir,
+            ),
         )
         self.port = await self.sftp.start()
         self.checkpointer = Checkpointer(database)

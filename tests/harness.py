@@ -270,6 +270,8 @@ def run_daemon(workdir: Path, **settings: Any) -> Iterator[Daemon]:
             "INGEST_SERVER_PORT": "0",
             "INGEST_LOGGING_FORMAT": "json",
             "INGEST_SERVER_SHUTDOWN_GRACE": "5",
+            # A test machine's disk may be nearly full; tests of the reserve set their own.
+            "INGEST_STORAGE_MIN_FREE_BYTES": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -314,6 +316,7 @@ def run_in_process(
         "INGEST_SERVER_PORT": "0",
         "INGEST_SERVER_HOST": "127.0.0.1",
         "INGEST_LOGGING_FORMAT": "json",
+        "INGEST_STORAGE_MIN_FREE_BYTES": "0",
         **{f"INGEST_{key.upper()}": str(value) for key, value in settings.items()},
     }
     config = load_config(environ=env)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -22,7 +23,11 @@ LIMITS = {
     "server_kex_timeout": 2,
     "server_max_channels_per_connection": 3,
     "server_max_handles_per_session": 5,
+    "provisioning_max_file_bytes": 1 << 20,
+    "storage_district_quota_bytes": 5 << 19,  # 2.5 MiB
+    "storage_district_quota_files": 12,
 }
+MIB = b"x" * (1 << 20)
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +135,78 @@ def test_open_files_per_session_are_capped(daemon: Daemon) -> None:
             fh.write(b"x")
         for handle in handles[1:]:
             handle.close()
+
+
+def test_a_file_cannot_grow_beyond_max_file_bytes(daemon: Daemon) -> None:
+    creds = daemon.add_district()
+    path = "/upload/20260101-000000/big.csv"
+    with paramiko_client(daemon, creds) as client:
+        sftp = client.open_sftp()
+        handle = sftp.open(path, "wb")
+        handle.write(MIB)  # exactly the limit: fine
+        with pytest.raises(OSError, match="at most 1048576 bytes"):
+            handle.write(b"one byte too many")
+        handle.close()  # fails on the server (paramiko does not report a failed close)
+        with pytest.raises(OSError, match="at most 1048576 bytes"):
+            sftp.truncate("/upload/20260101-000000/sparse.csv", 16 << 40)  # 16 TiB
+        with sftp.open("/upload/20260101-000000/other.csv", "wb") as other:
+            with pytest.raises(OSError, match="at most 1048576 bytes"):
+                other.truncate(24 << 30)  # 24 GiB, through the handle
+            other.write(b"fine")
+    refusal = daemon.wait_for("upload.refused", district=creds.name, path=path)
+    assert refusal["code"] == "file_too_large"
+    aborted = daemon.wait_for("upload.aborted", district=creds.name, path=path)
+    assert aborted["reason"] == "write_error"
+    assert (daemon.root(creds.name) / "upload/20260101-000000/sparse.csv").exists() is False
+
+
+def test_a_district_quota_bounds_bytes_and_files_in_its_upload_folder(daemon: Daemon) -> None:
+    creds, other = daemon.add_district(), daemon.add_district()
+    folder = "/upload/20260101-000000"
+    with paramiko_client(daemon, creds) as client:
+        sftp = client.open_sftp()
+        for name in ("a.csv", "b.csv"):
+            with sftp.open(f"{folder}/{name}", "wb") as fh:
+                fh.set_pipelined(True)
+                fh.write(MIB)
+        with sftp.open(f"{folder}/c.csv", "wb") as fh:
+            fh.write(MIB[: 1 << 19])  # 2.5 MiB in the folder: the quota, reached
+        with pytest.raises(OSError, match="quota"):
+            sftp.open(f"{folder}/d.csv", "wb")  # full: no new upload starts
+        sftp.remove(f"{folder}/c.csv")
+        handle = sftp.open(f"{folder}/c.csv", "wb")
+        handle.write(MIB[: 1 << 19])  # the quota again, reached while writing
+        with pytest.raises(OSError, match="quota"):
+            handle.write(b"z")  # beyond it
+        handle.close()
+        sftp.remove(f"{folder}/c.csv")
+        sftp.remove(f"{folder}/b.csv")  # room again
+        for n in range(11):  # 11 files and a.csv: the 12 the quota allows
+            with sftp.open(f"{folder}/small{n}.csv", "wb") as fh:
+                fh.write(b"x")
+        with pytest.raises(OSError, match="holds 12 files"):
+            sftp.open(f"{folder}/one-more.csv", "wb")
+        with sftp.open(f"{folder}/small0.csv", "wb") as fh:  # replacing one is fine
+            fh.write(b"y")
+    codes = {e["code"] for e in daemon.events("upload.refused", district=creds.name)}
+    assert codes == {"quota_bytes", "quota_files"}
+    with (
+        paramiko_client(daemon, other) as client,  # the quota is per district
+        client.open_sftp().open(f"{folder}/a.csv", "wb") as fh,
+    ):
+        fh.set_pipelined(True)
+        fh.write(MIB)
+    aborted = daemon.wait_for("upload.aborted", district=creds.name, path=f"{folder}/c.csv")
+    assert aborted["reason"] == "write_error"
+
+
+def test_no_upload_starts_below_the_free_space_reserve(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, storage_min_free_bytes=1 << 60) as daemon:
+        creds = daemon.add_district()
+        with paramiko_client(daemon, creds) as client:
+            sftp = client.open_sftp()
+            with pytest.raises(OSError, match="short of disk space"):
+                sftp.open("/upload/20260101-000000/users.csv", "wb")
+            assert "upload" in sftp.listdir("/")  # reading goes on
+        refusal = daemon.wait_for("upload.refused", district=creds.name)
+        assert refusal["code"] == "disk_full"

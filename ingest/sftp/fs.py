@@ -41,7 +41,8 @@ from ingest.sftp.events import (
     UploadRegistry,
     UploadStarted,
 )
-from ingest.sftp.paths import Access, Chroot, Denied, Resolved
+from ingest.sftp.paths import UPLOAD, Access, Chroot, Denied, Resolved
+from ingest.sftp.storage import Refusal, Storage
 from ingest.sftp.writer import FileWriter
 
 FILE_MODE = 0o640  # chosen by the server; client-requested permissions are ignored
@@ -79,6 +80,7 @@ class SFTPRuntime:
     policy: UploadPolicy
     uploads: UploadRegistry
     journal: UploadJournal
+    storage: Storage
     max_handles: int  # per connection (SessionState.handles)
     draining: bool = False
     # Digests finishing after the client's close was answered; referenced so they run on.
@@ -92,6 +94,7 @@ class _Handle:
     writer: FileWriter | None = None
     upload: OpenUpload | None = None
     append_at: int | None = None  # next offset for FXF_APPEND handles
+    high: int = 0  # the file's size as far as this handle knows (quota: what it adds)
     opened: float = field(default_factory=time.monotonic)
 
 
@@ -169,6 +172,12 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             uploads.add(change)
         return changes
 
+    def _refuse(self, refusal: Refusal, path: bytes | str) -> asyncssh.SFTPError:
+        """A storage limit: logged, and told to the client as a failure with its reason."""
+        shown = path.decode("utf-8", "replace") if isinstance(path, bytes) else path
+        self._log.warning("upload.refused", code=refusal.code, path=shown, message=refusal.message)
+        return asyncssh.SFTPFailure(refusal.message)
+
     def _deny(self, operation: str, path: bytes | str, denial: Denied) -> asyncssh.SFTPError:
         shown = path.decode("utf-8", "replace") if isinstance(path, bytes) else path
         self._log.warning(
@@ -222,12 +231,14 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             )
             return _Handle(fd, resolved)
         (upload,) = await self._admit(("open", path))
-        journal, session = self._runtime.journal, self._session
+        journal, session, storage = self._runtime.journal, self._session, self._runtime.storage
+        upload_root = self._paths.real(UPLOAD)
 
-        def work() -> tuple[Resolved, int, int, int | None]:
+        def work() -> tuple[Resolved, int, int, int]:
             # The journal row first: from then on a crash leaves the file flagged as not
             # whole, whatever happens to it below.
             resolved = self._paths.resolve(path, Access.WRITE)
+            storage.admit_open(session.district, upload_root, resolved.real)
             try:
                 intent = journal.begin(session.district, resolved.real, session.session_id)
             except Exception as exc:
@@ -237,15 +248,16 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             except BaseException:
                 _best_effort(journal.forget, intent)
                 raise
-            append_at = os.fstat(fd).st_size if pflags & asyncssh.FXF_APPEND else None
-            return resolved, intent, fd, append_at
+            return resolved, intent, fd, os.fstat(fd).st_size
 
         try:
-            resolved, upload.intent, fd, append_at = await self._io(work)
+            resolved, upload.intent, fd, size = await self._io(work)
         except BaseException as exc:
             self._runtime.uploads.discard(upload)
             if isinstance(exc, Denied):
                 raise self._deny("open", path, exc) from None
+            if isinstance(exc, Refusal):
+                raise self._refuse(exc, path) from None
             if isinstance(exc, _JournalFailed):
                 self._log.error(
                     "upload.journal_failed",
@@ -257,8 +269,14 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
                 ) from None
             raise
         upload.settled.set()
-        handle = _Handle(fd, resolved, upload=upload, append_at=append_at)
-        handle.writer = FileWriter(fd, self._runtime.executor, self._runtime.hash_executor)
+        append_at = size if pflags & asyncssh.FXF_APPEND else None
+        handle = _Handle(fd, resolved, upload=upload, append_at=append_at, high=size)
+        handle.writer = FileWriter(
+            fd,
+            self._runtime.executor,
+            self._runtime.hash_executor,
+            admit=storage.check_free_space,
+        )
         self._log.info("upload.started", path=resolved.virtual)
         self._runtime.events.handle_sftp_event(
             UploadStarted(
@@ -404,8 +422,17 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         if handle.append_at is not None:
             offset = handle.append_at
             handle.append_at += len(data)
-        self._session.bytes_in += len(data)
-        await handle.writer.write(offset, data)
+        end = offset + len(data)
+        try:
+            if end > handle.high:
+                self._runtime.storage.check_size(end)
+                self._runtime.storage.grow(self._session.district, end - handle.high)
+                handle.high = end
+            self._session.bytes_in += len(data)
+            await handle.writer.write(offset, data)
+        except Refusal as refusal:
+            handle.writer.fail(refusal)  # the close fails too: the file is not whole
+            raise self._refuse(refusal, handle.resolved.virtual) from None
         return len(data)
 
     async def fstat(self, file_obj: object) -> os.stat_result:
@@ -422,6 +449,13 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             return
         if handle.writer is None:
             raise asyncssh.SFTPPermissionDenied("file was opened for reading only")
+        try:
+            self._runtime.storage.check_size(attrs.size)
+            if attrs.size > handle.high:
+                self._runtime.storage.grow(self._session.district, attrs.size - handle.high)
+        except Refusal as refusal:
+            raise self._refuse(refusal, handle.resolved.virtual) from None
+        handle.high = attrs.size
         await handle.writer.flush()
         await self._io(os.ftruncate, handle.fd, attrs.size)
 
@@ -445,9 +479,13 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         # missing path is still an error, and a size change is a truncate.
         if attrs.size is None:
             await self._on_path("setstat", path, Access.READ, os.lstat)
-        else:
-            size = attrs.size
-            await self._on_path("setstat", path, Access.WRITE, lambda p: os.truncate(p, size))
+            return
+        size = attrs.size
+        try:
+            self._runtime.storage.check_size(size)
+        except Refusal as refusal:
+            raise self._refuse(refusal, path) from None
+        await self._on_path("setstat", path, Access.WRITE, lambda p: os.truncate(p, size))
 
     async def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         await self.setstat(path, attrs)

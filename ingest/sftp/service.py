@@ -35,6 +35,7 @@ from ingest.sftp.events import (
 from ingest.sftp.fs import DistrictSFTPServer, SessionState, SFTPRuntime
 from ingest.sftp.hostkeys import HostKey
 from ingest.sftp.paths import Chroot
+from ingest.sftp.storage import Storage
 from ingest.sftp.writer import lower_thread_priority
 
 # Pinned algorithms; docs/security.md explains each choice. No SHA-1, no CBC, no DH groups.
@@ -117,6 +118,7 @@ class SFTPService:
         policy: UploadPolicy,
         uploads: UploadRegistry,
         journal: UploadJournal,
+        storage: Storage,
     ) -> None:
         asyncssh_compat.install()
         self.settings = settings
@@ -142,6 +144,7 @@ class SFTPService:
             policy=policy,
             uploads=uploads,
             journal=journal,
+            storage=storage,
             max_handles=settings.max_handles_per_session,
         )
         # argon2 is deliberately slow and memory-hungry: two threads bound what a flood of

@@ -33,6 +33,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 DEFAULT_BATCH = 4 * 1024 * 1024
@@ -162,8 +163,12 @@ class FileWriter:
         batch: int = DEFAULT_BATCH,
         max_pending: int = DEFAULT_MAX_PENDING,
         flush_after: float = DEFAULT_FLUSH_AFTER,
+        admit: Callable[[], None] | None = None,
     ) -> None:
+        """``admit``: called in the worker thread before each batch reaches the file; an
+        OSError it raises fails the handle like a write error (e.g. the disk's reserve)."""
         self.fd = fd
+        self._admit = admit
         self.bytes_written = 0
         self._executor = executor
         self._batch = batch
@@ -217,6 +222,11 @@ class FileWriter:
                 start_writeback(self.fd)
 
     def _write_batch(self, batch: list[tuple[int, bytes]]) -> None:
+        if self._admit is not None and self._error is None and batch:
+            try:
+                self._admit()
+            except OSError as exc:
+                self._error = exc
         for offset, data in batch:
             try:
                 if self._error is None:
@@ -270,6 +280,11 @@ class FileWriter:
         self._write_batch(batch)
         self._raise_error()
         return os.fstat(self.fd).st_size
+
+    def fail(self, error: OSError) -> None:
+        """Fail the handle from outside (a limit): what follows, the close included, fails."""
+        if self._error is None:
+            self._error = error
 
     def _raise_error(self) -> None:
         if self._error is not None:
