@@ -14,7 +14,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tests.clients import paramiko_client
+from tests.clients import paramiko_client, sftp_batch
 from tests.harness import Daemon, run_daemon, wait_until
 
 LIMITS = {
@@ -210,3 +210,21 @@ def test_no_upload_starts_below_the_free_space_reserve(tmp_path: Path) -> None:
             assert "upload" in sftp.listdir("/")  # reading goes on
         refusal = daemon.wait_for("upload.refused", district=creds.name)
         assert refusal["code"] == "disk_full"
+
+
+def test_disk_space_shown_is_the_districts_own_quota(daemon: Daemon) -> None:
+    """statvfs (OpenSSH's df) tells a district its quota and what is left of it, not the
+    size of the host's disk or how much the other districts use."""
+    creds = daemon.add_district()
+    with (
+        paramiko_client(daemon, creds) as client,
+        client.open_sftp().open("/upload/20260101-000000/users.csv", "wb") as fh,
+    ):
+        fh.set_pipelined(True)
+        fh.write(MIB)
+    shown = sftp_batch(daemon, creds, "df /upload").stdout.splitlines()
+    header = shown.index(next(line for line in shown if "Size" in line))
+    size, used, avail = (int(v) for v in shown[header + 1].split()[:3])  # KiB
+    assert size == (5 << 19) // 1024  # the quota: 2.5 MiB
+    assert avail == size - 1024  # less the MiB this district uploaded
+    assert used == 1024

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncssh
-from asyncssh import SFTPAttrs, SFTPName
+from asyncssh import SFTPAttrs, SFTPName, SFTPVFSAttrs
 
 from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
@@ -615,11 +615,33 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             Denied("hardlink_refused", "hard links are not supported on this server"),
         )
 
-    async def statvfs(self, path: bytes) -> os.statvfs_result:
-        return (await self._on_path("statvfs", path, Access.READ, os.statvfs))[1]
+    async def statvfs(self, path: bytes) -> SFTPVFSAttrs:
+        await self._on_path("statvfs", path, Access.READ, os.lstat)  # it must be reachable
+        return await self._space()
 
-    async def fstatvfs(self, file_obj: object) -> os.statvfs_result:
-        return await self._io(os.statvfs, self._paths.root)
+    async def fstatvfs(self, file_obj: object) -> SFTPVFSAttrs:
+        return await self._space()
+
+    async def _space(self) -> SFTPVFSAttrs:
+        """The district's own quota and what is left of it, not the host's disk (whose
+        size, use and the other districts' share are none of its business)."""
+        space = await self._io(
+            self._runtime.storage.space, self._session.district, self._paths.real(UPLOAD)
+        )
+        block = 4096
+        return SFTPVFSAttrs(
+            bsize=block,
+            frsize=block,
+            blocks=space.quota_bytes // block,
+            bfree=space.free_bytes // block,
+            bavail=space.free_bytes // block,
+            files=space.quota_files,
+            ffree=space.free_files,
+            favail=space.free_files,
+            fsid=0,
+            flag=0,
+            namemax=255,
+        )
 
     # --- session ---------------------------------------------------------------------
 

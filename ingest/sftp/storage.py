@@ -49,6 +49,17 @@ class Refusal(OSError):
         self.message = message
 
 
+@dataclass(frozen=True)
+class DistrictSpace:
+    """What ``statvfs`` tells a district: its own quota and what is left of it (never more
+    than the volume has left above the reserve), not the host's disk."""
+
+    quota_bytes: int
+    free_bytes: int
+    quota_files: int
+    free_files: int
+
+
 class Storage:
     """Shared by all SFTP sessions. ``admit_open`` and ``check_free_space`` block (call
     them from worker threads); ``check_size`` and ``grow`` are for the event loop."""
@@ -99,6 +110,20 @@ class Storage:
                 f"your upload folder would hold {used} bytes, its quota is "
                 f"{self.limits.quota_bytes}; remove old files and upload this file again",
             )
+
+    def space(self, district: str, upload_root: Path) -> DistrictSpace:
+        """Worker thread: what ``statvfs`` tells the district."""
+        limits = self.limits
+        used, files = _count(upload_root, limits.quota_files + 1)
+        self._used[district] = used
+        stats = os.statvfs(self.data_dir)
+        volume_free = max(0, stats.f_bavail * stats.f_frsize - limits.min_free_bytes)
+        return DistrictSpace(
+            limits.quota_bytes,
+            max(0, min(limits.quota_bytes - used, volume_free)),
+            limits.quota_files,
+            max(0, limits.quota_files - files),
+        )
 
     def check_free_space(self, fresh: bool = False) -> None:
         """Any thread but the event loop (statvfs may block on network volumes)."""
