@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
+from collections import OrderedDict
 from typing import Any, TextIO
 
 import structlog
@@ -33,7 +36,45 @@ def _foreign_record(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDi
     event_dict["event"] = "lib.log"
     if record is not None:
         event_dict["logger"] = record.name
+        repeated = getattr(record, "repeated", 0)
+        if repeated:
+            event_dict["repeated"] = repeated
     return event_dict
+
+
+class RepeatFilter(logging.Filter):
+    """A library's identical records within ``window`` seconds pass once.
+
+    asyncssh can log the same warning by the thousand for one cause (a client dropped with
+    many requests in flight logged 1,464 identical lines). The same logger, level and text
+    passes once per window; the next one to pass after it carries ``repeated``, how many
+    were held back. Our own events are never held back. Remembers ``keep`` texts at most.
+    """
+
+    def __init__(self, window: float = 10.0, keep: int = 1000) -> None:
+        super().__init__()
+        self.window = window
+        self.keep = keep
+        self._seen: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()
+        self._lock = threading.Lock()  # handlers filter outside their own lock
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "ingest" or record.name.startswith("ingest."):
+            return True
+        key = (record.name, record.levelno, record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.window:
+                seen[1] += 1
+                return False
+            if seen is not None and seen[1]:
+                record.repeated = int(seen[1])
+            self._seen[key] = [now, 0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.keep:
+                self._seen.popitem(last=False)
+        return True
 
 
 def _lead_with_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -67,6 +108,7 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -75,3 +75,36 @@ def test_errors_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], nam
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml", environ={})
+
+
+def test_a_librarys_repeated_records_are_held_back_with_a_count() -> None:
+    """One dropped client once produced 1,464 identical asyncssh warnings."""
+    import io
+    import json
+    import logging
+    import time
+
+    from ingest.config import LoggingConfig
+    from ingest.logging import RepeatFilter, configure_logging, get_logger
+
+    out = io.StringIO()
+    configure_logging(LoggingConfig(format="json"), stream=out)
+    handler = logging.getLogger().handlers[0]
+    for old in [f for f in handler.filters if isinstance(f, RepeatFilter)]:
+        handler.removeFilter(old)
+    handler.addFilter(RepeatFilter(window=0.2))
+    library, ours = logging.getLogger("asyncssh"), get_logger("ingest.test")
+    for _ in range(1_464):
+        library.warning("Connection lost while writing")
+        ours.warning("test.event")  # never held back
+    library.warning("something else")
+    time.sleep(0.25)  # past the window: the next one passes, with the count
+    library.warning("Connection lost while writing")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    lib = [(r["message"], r.get("repeated")) for r in lines if r["event"] == "lib.log"]
+    assert lib == [
+        ("Connection lost while writing", None),
+        ("something else", None),
+        ("Connection lost while writing", 1_463),
+    ]
+    assert sum(r["event"] == "test.event" for r in lines) == 1_464
