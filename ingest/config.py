@@ -69,6 +69,8 @@ class ServerConfig:
     # Seconds a new connection has to finish the key exchange (then login_timeout applies).
     kex_timeout: float = field(default=10.0, metadata=_check(_positive))
     max_channels_per_connection: int = field(default=4, metadata=_check(_positive))
+    # Password checks (argon2) of unknown addresses waiting at once; more fail at once.
+    max_password_checks_waiting: int = field(default=16, metadata=_check(_positive))
     max_handles_per_session: int = field(default=64, metadata=_check(_positive))
     # On SIGTERM, how long running uploads may take to finish before sessions are closed.
     shutdown_grace: float = field(default=30.0, metadata=_check(_non_negative))

@@ -6,7 +6,9 @@ districts (127.0.0.1), so that per-source rules can be seen on one machine.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,3 +230,54 @@ def test_disk_space_shown_is_the_districts_own_quota(daemon: Daemon) -> None:
     assert size == (5 << 19) // 1024  # the quota: 2.5 MiB
     assert avail == size - 1024  # less the MiB this district uploaded
     assert used == 1024
+
+
+def test_a_password_flood_never_keeps_a_known_district_waiting(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, server_max_password_checks_waiting=4) as daemon:
+        creds = daemon.add_district()
+        with paramiko_client(daemon, creds, password=creds.password, use_key=False):
+            pass  # the district's address is known from now on
+        stop = threading.Event()
+
+        def guess(source: str) -> None:
+            while not stop.is_set():
+                try:
+                    sock = socket.create_connection(
+                        ("127.0.0.1", daemon.port), timeout=10, source_address=(source, 0)
+                    )
+                    transport = paramiko.Transport(sock)
+                    transport.start_client(timeout=10)
+                    for _ in range(6):
+                        with contextlib.suppress(paramiko.AuthenticationException):
+                            transport.auth_password(creds.name, "not-the-password-123")
+                    transport.close()
+                except (paramiko.SSHException, OSError, EOFError):
+                    pass  # refused or cut off: guess again
+
+        guessers = [
+            threading.Thread(target=guess, args=(f"127.0.0.{2 + n % 4}",), daemon=True)
+            for n in range(16)
+        ]
+        for thread in guessers:
+            thread.start()
+        try:
+            daemon.wait_until(
+                lambda: len(daemon.events("auth.failed", reason="server_busy")) >= 20,
+                "the flood turned away",
+                timeout=30,
+            )
+            for login in ("password", "key"):
+                for _ in range(3):
+                    started = time.monotonic()
+                    with paramiko_client(
+                        daemon,
+                        creds,
+                        password=creds.password if login == "password" else None,
+                        use_key=login == "key",
+                    ) as client:
+                        assert "upload" in client.open_sftp().listdir("/")
+                    assert time.monotonic() - started < 1, login
+        finally:
+            stop.set()
+            for thread in guessers:
+                thread.join(15)

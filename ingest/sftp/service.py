@@ -25,6 +25,7 @@ from ingest.config import ServerConfig
 from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
 from ingest.sftp.admission import Admission
+from ingest.sftp.authgate import AuthGate
 from ingest.sftp.events import (
     SessionClosed,
     SFTPEventHandler,
@@ -147,9 +148,8 @@ class SFTPService:
             storage=storage,
             max_handles=settings.max_handles_per_session,
         )
-        # argon2 is deliberately slow and memory-hungry: two threads bound what a flood of
-        # password attempts can cost, and keep it off the file I/O threads.
-        self.auth_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="auth")
+        # argon2 is deliberately slow and memory-hungry: see authgate.py.
+        self.auth = AuthGate(settings.max_password_checks_waiting)
         self.connections: set[DistrictConnection] = set()
         self.sessions_by_district: dict[str, int] = {}
         self.accepting = False
@@ -235,7 +235,7 @@ class SFTPService:
         await asyncio.wait_for(self.uploads.wait_empty(), timeout=10)
         self.runtime.executor.shutdown(wait=True)
         self.runtime.hash_executor.shutdown(wait=True)
-        self.auth_executor.shutdown(wait=False, cancel_futures=True)
+        self.auth.shutdown()
 
 
 class DistrictConnection(asyncssh.SSHServer):
@@ -364,9 +364,12 @@ class DistrictConnection(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
-        loop = asyncio.get_running_loop()
-        failure = await loop.run_in_executor(
-            self.service.auth_executor, self.service.districts.check_password, username, password
+        service = self.service
+        failure = await service.auth.check_password(
+            service.districts.check_password,
+            username,
+            password,
+            known=service.admission.trusted(self.source),
         )
         if failure is None:
             self.auth_method = "password"
@@ -375,9 +378,8 @@ class DistrictConnection(asyncssh.SSHServer):
         return False
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        loop = asyncio.get_running_loop()
-        enabled, lines = await loop.run_in_executor(
-            self.service.auth_executor, self.service.districts.authorized_keys, username
+        enabled, lines = await self.service.auth.look_up(
+            self.service.districts.authorized_keys, username
         )
         offered = key.public_data
         known = any(asyncssh.import_public_key(line).public_data == offered for line in lines)
