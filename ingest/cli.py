@@ -13,8 +13,10 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ingest import __version__
@@ -29,6 +31,7 @@ from ingest.provisioning.validate import validate_path
 from ingest.server import Server
 from ingest.sftp import load_or_create_host_keys
 from ingest.store import Database, DistrictError, DistrictStore
+from ingest.store.bans import Ban, BanStore, normalise
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
@@ -180,6 +183,21 @@ def _parser() -> argparse.ArgumentParser:
         decide.add_argument("district")
         decide.add_argument("epoch")
         decide.set_defaults(handler=_epochs_decide, action=action)
+
+    bans = commands.add_parser("bans", help="client addresses the defender refuses")
+    bc2 = bans.add_subparsers(dest="bans_command", required=True, metavar="ACTION")
+    blist = bc2.add_parser("list", help="bans in force (and past ones with --all)")
+    blist.add_argument("--all", action="store_true", help="also expired bans")
+    blist.add_argument("--json", action="store_true", help="machine-readable output")
+    blist.set_defaults(handler=_bans_list)
+    badd = bc2.add_parser("add", help="ban an address or a network (CIDR)")
+    badd.add_argument("source", help="e.g. 192.0.2.7 or 192.0.2.0/24")
+    badd.add_argument("--minutes", type=float, default=None, help="default: defender.ban_time")
+    badd.add_argument("--reason", default="operator", help="shown in `ingest bans list`")
+    badd.set_defaults(handler=_bans_add)
+    bremove = bc2.add_parser("remove", help="lift a ban")
+    bremove.add_argument("source")
+    bremove.set_defaults(handler=_bans_remove)
 
     accounts = commands.add_parser("accounts", help="a district's provisioned accounts")
     ac = accounts.add_subparsers(dest="accounts_command", required=True, metavar="ACTION")
@@ -439,6 +457,59 @@ def _epochs_order(args: argparse.Namespace, config: Config) -> int:
         f"{args.district}/{args.epoch} will be applied {when}, although a newer epoch was "
         "applied before it: accounts go back to this snapshot"
     )
+    return 0
+
+
+def _ban_source(text: str) -> str:
+    try:
+        return normalise(text)
+    except ValueError:
+        raise CommandError(
+            f"{text!r} is not an IP address or network (e.g. 192.0.2.7 or 192.0.2.0/24)"
+        ) from None
+
+
+def _bans_list(args: argparse.Namespace, config: Config) -> int:
+    now = time.time()
+    bans = [b for b in BanStore(_database(config)).all() if args.all or b.until > now]
+    if args.json:
+        print(json.dumps([b.to_json() for b in bans], indent=2))
+        return 0
+    if not bans:
+        print("no bans")
+    for ban in bans:
+        state = f"until {ban.to_json()['until']}" if ban.until > now else "expired"
+        print(f"{ban.source}\t{state}\t{ban.reason}\t(ban {ban.count})")
+    return 0
+
+
+def _bans_add(args: argparse.Namespace, config: Config) -> int:
+    source = _ban_source(args.source)
+    minutes = args.minutes if args.minutes is not None else config.defender.ban_time / 60
+    if minutes <= 0:
+        raise CommandError("--minutes must be more than 0")
+    store = BanStore(_database(config))
+    earlier = next((b for b in store.all() if b.source == source), None)
+    ban = Ban(
+        source,
+        time.time() + minutes * 60,
+        args.reason,
+        earlier.count + 1 if earlier else 1,
+        datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    store.put(ban)
+    print(
+        f"banned {source} until {ban.to_json()['until']}; the running server applies it "
+        "within a few seconds"
+    )
+    return 0
+
+
+def _bans_remove(args: argparse.Namespace, config: Config) -> int:
+    source = _ban_source(args.source)
+    if not BanStore(_database(config)).remove(source):
+        raise CommandError(f"{source} is not banned; see `ingest bans list --all`")
+    print(f"lifted the ban on {source}; the running server applies it within a few seconds")
     return 0
 
 

@@ -11,6 +11,7 @@ config file must stop the daemon at startup, not be silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -42,6 +43,16 @@ def _non_negative(value: float) -> str | None:
 
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a TCP port between 0 and 65535"
+
+
+def _networks(value: str) -> str | None:
+    """A comma-separated list of addresses or CIDR networks (empty: none)."""
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP address or network (e.g. 192.0.2.0/24)"
+    return None
 
 
 def _check(validator: typing.Callable[[Any], str | None]) -> dict[str, Any]:
@@ -160,6 +171,26 @@ class ProvisioningConfig:
 
 
 @dataclass(frozen=True)
+class DefenderConfig:
+    """Per-address scores for what attackers do, and bans (modelled on SFTPGo's defender)."""
+
+    enabled: bool = True
+    # An address that reaches this score within observation_time is banned for ban_time.
+    threshold: int = field(default=15, metadata=_check(_positive))
+    observation_time: float = field(default=1800.0, metadata=_check(_positive))
+    ban_time: float = field(default=1800.0, metadata=_check(_positive))
+    # Each further ban of the same address lasts this many percent longer than its last.
+    ban_time_increment: float = field(default=50.0, metadata=_check(_non_negative))
+    score_wrong_credentials: int = field(default=1, metadata=_check(_non_negative))
+    score_unknown_district: int = field(default=2, metadata=_check(_non_negative))
+    score_limit: int = field(default=3, metadata=_check(_non_negative))
+    score_protocol: int = field(default=2, metadata=_check(_non_negative))
+    # Comma-separated addresses or CIDR networks: never scored or banned / always refused.
+    safe_list: str = field(default="", metadata=_check(_networks))
+    block_list: str = field(default="", metadata=_check(_networks))
+
+
+@dataclass(frozen=True)
 class Config:
     """Every setting of the daemon, resolved and validated."""
 
@@ -169,6 +200,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     epochs: EpochsConfig = field(default_factory=EpochsConfig)
     provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
+    defender: DefenderConfig = field(default_factory=DefenderConfig)
     # Where the settings came from, for `server.started`; not a setting itself.
     source: str = field(default="defaults", compare=False)
 
@@ -219,6 +251,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "logging": LoggingConfig,
     "epochs": EpochsConfig,
     "provisioning": ProvisioningConfig,
+    "defender": DefenderConfig,
 }
 
 

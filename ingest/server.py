@@ -21,8 +21,10 @@ from ingest.sftp import (
     UploadRegistry,
     load_or_create_host_keys,
 )
+from ingest.sftp.defender import Defender
 from ingest.sftp.storage import Storage, StorageLimits
 from ingest.store import Database, DistrictStore
+from ingest.store.bans import BanStore
 from ingest.store.checkpoint import Checkpointer
 from ingest.store.journal import UploadJournal
 
@@ -35,6 +37,7 @@ class Server:
         self.sftp: SFTPService | None = None
         self.epochs: EpochService | None = None
         self.checkpointer: Checkpointer | None = None
+        self.defender: Defender | None = None
         self.port: int | None = None
         self._should_exit = asyncio.Event()
 
@@ -66,6 +69,8 @@ class Server:
         self.epochs = EpochService(config, database, uploads)
         await self.epochs.start()
         events = FanOut(self.epochs, self.events) if self.events is not None else self.epochs
+        self.defender = Defender(config.defender, BanStore(database), get_logger("ingest.defender"))
+        await self.defender.start()
         self.sftp = SFTPService(
             config.server,
             host_keys,
@@ -83,6 +88,7 @@ class Server:
                 ),
                 config.data_dir,
             ),
+            defender=self.defender,
         )
         self.port = await self.sftp.start()
         self.checkpointer = Checkpointer(database)
@@ -133,6 +139,9 @@ class Server:
         if self.epochs is not None:
             await self.epochs.stop()
             self.epochs = None
+        if self.defender is not None:
+            await self.defender.stop()
+            self.defender = None
         if self.checkpointer is not None:
             await asyncio.to_thread(self.checkpointer.stop)
             self.checkpointer = None

@@ -7,6 +7,7 @@ districts (127.0.0.1), so that per-source rules can be seen on one machine.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -281,3 +282,94 @@ def test_a_password_flood_never_keeps_a_known_district_waiting(tmp_path: Path) -
             stop.set()
             for thread in guessers:
                 thread.join(15)
+
+
+DEFENDER = {
+    "defender_threshold": 5,
+    "defender_observation_time": 120,
+    "defender_ban_time": 120,
+    "defender_safe_list": "127.0.0.5",
+    "defender_block_list": "127.0.0.6/32",
+}
+
+
+def transport_from(daemon: Daemon, source: str) -> paramiko.Transport:
+    """An SSH transport, key exchange done, from ``source`` (an attacker's address)."""
+    sock = socket.create_connection(
+        ("127.0.0.1", daemon.port), timeout=10, source_address=(source, 0)
+    )
+    transport = paramiko.Transport(sock)
+    transport.start_client(timeout=10)
+    return transport
+
+
+def guess(daemon: Daemon, source: str, name: str, times: int) -> None:
+    """``times`` wrong passwords for ``name`` from ``source``, one a connection (paramiko
+    cannot try a second password on a connection that was told no)."""
+    for _ in range(times):
+        try:
+            transport = transport_from(daemon, source)
+        except (paramiko.SSHException, OSError, EOFError):
+            return  # refused: banned
+        try:
+            with contextlib.suppress(paramiko.AuthenticationException):
+                transport.auth_password(name, "not-the-password-123")
+        except (paramiko.SSHException, OSError, EOFError):
+            pass  # disconnected: banned meanwhile
+        finally:
+            transport.close()
+
+
+def refused_from(daemon: Daemon, source: str) -> bool:
+    try:
+        transport_from(daemon, source).close()
+    except (paramiko.SSHException, OSError, EOFError):
+        return True
+    return False
+
+
+def test_a_guesser_is_banned_and_the_district_it_guesses_at_is_not(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, **DEFENDER) as daemon:
+        creds = daemon.add_district()
+        guess(daemon, "127.0.0.2", creds.name, times=8)
+        banned = daemon.wait_for("defender.banned", source="127.0.0.2")
+        assert banned["score"] >= 5 and banned["reason"] == "wrong_password"
+        assert refused_from(daemon, "127.0.0.2")
+        daemon.wait_for("connection.refused", reason="banned")
+        # names that are no district: 2 points a connection
+        for _ in range(3):
+            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                transport = transport_from(daemon, "127.0.0.3")
+                with contextlib.suppress(paramiko.AuthenticationException):
+                    transport.auth_password("no-such-district", "whatever-password")
+                transport.close()
+        daemon.wait_for("defender.banned", source="127.0.0.3", reason="unknown_district")
+        # the district itself is not locked out, by password from its own address
+        with paramiko_client(daemon, creds, password=creds.password, use_key=False) as client:
+            assert "upload" in client.open_sftp().listdir("/")
+        # the safe list is never banned, the block list always refused
+        guess(daemon, "127.0.0.5", creds.name, times=12)
+        assert not refused_from(daemon, "127.0.0.5")
+        assert not daemon.events("defender.banned", source="127.0.0.5")
+        assert refused_from(daemon, "127.0.0.6")
+        daemon.wait_for("connection.refused", reason="blocked")
+
+
+def test_bans_are_shared_with_the_cli_and_outlive_a_restart(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, **DEFENDER) as daemon:
+        creds = daemon.add_district()
+        guess(daemon, "127.0.0.2", creds.name, times=8)
+        daemon.wait_for("defender.banned", source="127.0.0.2")
+        listed = json.loads(daemon.cli("bans", "list", "--json").stdout)
+        assert [b["source"] for b in listed] == ["127.0.0.2"]
+        daemon.cli("bans", "remove", "127.0.0.2")
+        daemon.wait_for("defender.unbanned", source="127.0.0.2", reason="operator")
+        assert not refused_from(daemon, "127.0.0.2")
+        daemon.cli("bans", "add", "127.0.0.8/29", "--minutes", "10", "--reason", "abuse")
+        daemon.wait_for("defender.banned", source="127.0.0.8/29", by="operator")
+        assert refused_from(daemon, "127.0.0.9")  # inside the network
+        bad = daemon.cli("bans", "add", "not-an-address", check=False)
+        assert bad.returncode == 1 and "not an IP address" in bad.stderr
+    with run_daemon(tmp_path, **DEFENDER) as daemon:
+        assert refused_from(daemon, "127.0.0.10")  # the ban outlived the restart
+        assert not refused_from(daemon, "127.0.0.2")

@@ -26,6 +26,7 @@ from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
 from ingest.sftp.admission import Admission
 from ingest.sftp.authgate import AuthGate
+from ingest.sftp.defender import Defender
 from ingest.sftp.events import (
     SessionClosed,
     SFTPEventHandler,
@@ -120,6 +121,7 @@ class SFTPService:
         uploads: UploadRegistry,
         journal: UploadJournal,
         storage: Storage,
+        defender: Defender,
     ) -> None:
         asyncssh_compat.install()
         self.settings = settings
@@ -132,6 +134,7 @@ class SFTPService:
             settings.kex_timeout,
             settings.max_channels_per_connection,
         )
+        self.defender = defender
         self.admission = Admission(
             settings.max_unauthenticated, settings.max_unauthenticated_per_source
         )
@@ -255,6 +258,8 @@ class DistrictConnection(asyncssh.SSHServer):
         self.auth_method = ""
         self.refused = False
         self.channels = 0
+        self._key_failed = False  # an offered key was refused (scored when it ends)
+        self._unknown_scored = False
         self._unauthenticated = False  # counted by the service's Admission
         self._kex_deadline: asyncio.TimerHandle | None = None
 
@@ -269,8 +274,14 @@ class DistrictConnection(asyncssh.SSHServer):
         if not service.accepting:
             self._refuse("shutting_down", "Server is shutting down")
             return
+        verdict = service.defender.refusal(self.source)
+        if verdict is not None:
+            self._refuse(verdict, "Connections from your address are refused for now")
+            return
         refusal = service.admission.admit(self.source)
         if refusal is not None:
+            if refusal == "max_unauthenticated_per_source":
+                service.defender.offence(self.source, "limit", refusal)
             self._refuse(refusal, "Too many connections")
             return
         self._unauthenticated = True
@@ -282,6 +293,9 @@ class DistrictConnection(asyncssh.SSHServer):
 
     def _kex_too_slow(self) -> None:
         self._kex_deadline = None
+        self.service.defender.score(
+            self.source, self.service.defender.config.score_protocol, "kex_timeout"
+        )
         self._refuse("kex_timeout", "Key exchange not completed in time")
 
     def _authenticated_or_gone(self) -> None:
@@ -319,6 +333,12 @@ class DistrictConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         service = self.service
+        if self.session is None and self._key_failed:
+            # Offered keys that were not the district's: once per connection (clients try
+            # several keys before the right one; a login that succeeds costs nothing).
+            service.defender.score(
+                self.source, service.defender.config.score_wrong_credentials, "unknown_key"
+            )
         self._authenticated_or_gone()
         if self in service.connections:
             service.connections.discard(self)
@@ -365,6 +385,8 @@ class DistrictConnection(asyncssh.SSHServer):
 
     async def validate_password(self, username: str, password: str) -> bool:
         service = self.service
+        if self._banned_meanwhile():
+            return False
         failure = await service.auth.check_password(
             service.districts.check_password,
             username,
@@ -378,6 +400,8 @@ class DistrictConnection(asyncssh.SSHServer):
         return False
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if self._banned_meanwhile():
+            return False
         enabled, lines = await self.service.auth.look_up(
             self.service.districts.authorized_keys, username
         )
@@ -390,7 +414,23 @@ class DistrictConnection(asyncssh.SSHServer):
         self._auth_failed("publickey", reason, fingerprint=key.get_fingerprint("sha256"))
         return False
 
+    def _banned_meanwhile(self) -> bool:
+        """The address was banned while this connection authenticates: no more attempts."""
+        if self.service.defender.refusal(self.source) is None:
+            return False
+        self._refuse("banned", "Connections from your address are refused for now")
+        return True
+
     def _auth_failed(self, method: str, reason: str, **fields: Any) -> None:
+        defender = self.service.defender
+        if reason == "unknown_district":
+            if not self._unknown_scored:
+                self._unknown_scored = True
+                defender.offence(self.source, "unknown_district", reason)
+        elif method == "password" and reason in ("wrong_password", "password_not_set"):
+            defender.offence(self.source, "wrong_credentials", reason)
+        elif reason in ("unknown_key", "no_keys"):
+            self._key_failed = True
         self.auth_failures += 1
         self.log.warning(
             "auth.failed",

@@ -130,6 +130,16 @@ STATE_MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE epochs ADD COLUMN retired_at TEXT;
     ALTER TABLE epochs ADD COLUMN forced_at TEXT;
     """,
+    # The defender's bans (ingest/store/bans.py), shared by the daemon and `ingest bans`.
+    """
+    CREATE TABLE bans (
+        source     TEXT PRIMARY KEY,
+        until      REAL NOT NULL,
+        reason     TEXT NOT NULL,
+        count      INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL
+    );
+    """,
 )
 
 
