@@ -153,6 +153,12 @@ def _parser() -> argparse.ArgumentParser:
     bclear.add_argument("name")
     bclear.set_defaults(handler=_district_buildings_clear)
 
+    allow = dc.add_parser("allow", help="where a district may log in from")
+    allow.add_argument("name")
+    allow.add_argument("sources", nargs="*", metavar="CIDR", help="e.g. 192.0.2.0/24")
+    allow.add_argument("--anywhere", action="store_true", help="lift the restriction")
+    allow.set_defaults(handler=_district_allow)
+
     listing = dc.add_parser("list", help="list districts")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=_district_list)
@@ -576,6 +582,15 @@ def _accounts_history(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _district_allow(args: argparse.Namespace, config: Config) -> int:
+    if bool(args.sources) == args.anywhere:
+        raise CommandError("give the networks the district logs in from, or --anywhere")
+    allowed = _store(config).set_allowed_sources(args.name, args.sources)
+    where = ", ".join(allowed) if allowed else "anywhere"
+    print(f"{args.name} may log in from {where}, from its next login on")
+    return 0
+
+
 def _district_list(args: argparse.Namespace, config: Config) -> int:
     districts = _store(config).list_all()
     if args.json:
@@ -587,7 +602,8 @@ def _district_list(args: argparse.Namespace, config: Config) -> int:
         auth = ", ".join(
             filter(None, ["password" if d.has_password else "", f"{len(d.keys)} key(s)"])
         )
-        print(f"{d.name}\t{'enabled' if d.enabled else 'DISABLED'}\t{auth}")
+        where = "from " + ", ".join(d.allowed_sources) if d.allowed_sources else ""
+        print(f"{d.name}\t{'enabled' if d.enabled else 'DISABLED'}\t{auth}\t{where}".rstrip())
         for key in d.keys:
             print(f"\t{key.fingerprint} {key.algorithm} {key.comment}".rstrip())
     return 0

@@ -373,3 +373,43 @@ def test_bans_are_shared_with_the_cli_and_outlive_a_restart(tmp_path: Path) -> N
     with run_daemon(tmp_path, **DEFENDER) as daemon:
         assert refused_from(daemon, "127.0.0.10")  # the ban outlived the restart
         assert not refused_from(daemon, "127.0.0.2")
+
+
+def test_a_district_may_be_limited_to_its_own_networks(daemon: Daemon) -> None:
+    creds = daemon.add_district()
+    said = daemon.cli("district", "allow", creds.name, "127.0.0.3/32", "10.0.0.0/8").stdout
+    assert "127.0.0.3/32, 10.0.0.0/8" in said
+
+    def sftp_from(source: str) -> list[str]:
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(daemon.known_hosts()))
+        sock = socket.create_connection(
+            ("127.0.0.1", daemon.port), timeout=10, source_address=(source, 0)
+        )
+        client.connect(
+            "127.0.0.1",
+            port=daemon.port,
+            username=creds.name,
+            key_filename=str(creds.key_path),
+            sock=sock,
+            allow_agent=False,
+            look_for_keys=False,
+        )
+        try:
+            return client.open_sftp().listdir("/")
+        finally:
+            client.close()
+
+    with pytest.raises(paramiko.AuthenticationException):
+        sftp_from("127.0.0.1")  # the right key, from elsewhere
+    daemon.wait_for("auth.failed", district=creds.name, reason="source_not_allowed")
+    assert "upload" in sftp_from("127.0.0.3")
+    listed = json.loads(daemon.cli("district", "list", "--json").stdout)
+    assert next(d for d in listed if d["name"] == creds.name)["allowed_sources"] == [
+        "127.0.0.3/32",
+        "10.0.0.0/8",
+    ]
+    daemon.cli("district", "allow", creds.name, "--anywhere")
+    assert "upload" in sftp_from("127.0.0.1")
+    bad = daemon.cli("district", "allow", creds.name, "the-office", check=False)
+    assert bad.returncode == 1 and "not an IP address or network" in bad.stderr

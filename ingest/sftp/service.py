@@ -9,6 +9,7 @@ TCP/UNIX forwarding is refused by :class:`asyncssh.SSHServer`'s defaults, which
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import secrets
 import time
 from collections.abc import Callable
@@ -94,6 +95,8 @@ class DistrictDirectory(Protocol):
     def check_password(self, name: str, password: str) -> str | None: ...
 
     def authorized_keys(self, name: str) -> tuple[bool, list[str]]: ...
+
+    def allowed_sources(self, name: str) -> tuple[str, ...]: ...
 
     def root(self, name: str) -> Path: ...
 
@@ -259,6 +262,7 @@ class DistrictConnection(asyncssh.SSHServer):
         self.refused = False
         self.channels = 0
         self._key_failed = False  # an offered key was refused (scored when it ends)
+        self._source_allowed = True  # the district's allowed_sources, once it is named
         self._unknown_scored = False
         self._unauthenticated = False  # counted by the service's Admission
         self._kex_deadline: asyncio.TimerHandle | None = None
@@ -369,12 +373,14 @@ class DistrictConnection(asyncssh.SSHServer):
 
     # --- authentication ------------------------------------------------------------------
 
-    def begin_auth(self, username: str) -> bool:
+    async def begin_auth(self, username: str) -> bool:
         # The key exchange is done: from here login_timeout applies.
         if self._kex_deadline is not None:
             self._kex_deadline.cancel()
             self._kex_deadline = None
         self.username = username
+        allowed = await self.service.auth.look_up(self.service.districts.allowed_sources, username)
+        self._source_allowed = not allowed or _in_networks(self.source, allowed)
         return True  # authentication is always required
 
     def password_auth_supported(self) -> bool:
@@ -386,6 +392,9 @@ class DistrictConnection(asyncssh.SSHServer):
     async def validate_password(self, username: str, password: str) -> bool:
         service = self.service
         if self._banned_meanwhile():
+            return False
+        if not self._source_allowed:  # no hash for an address the district never uses
+            self._auth_failed("password", "source_not_allowed")
             return False
         failure = await service.auth.check_password(
             service.districts.check_password,
@@ -401,6 +410,9 @@ class DistrictConnection(asyncssh.SSHServer):
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         if self._banned_meanwhile():
+            return False
+        if not self._source_allowed:
+            self._auth_failed("publickey", "source_not_allowed")
             return False
         enabled, lines = await self.service.auth.look_up(
             self.service.districts.authorized_keys, username
@@ -427,7 +439,9 @@ class DistrictConnection(asyncssh.SSHServer):
             if not self._unknown_scored:
                 self._unknown_scored = True
                 defender.offence(self.source, "unknown_district", reason)
-        elif method == "password" and reason in ("wrong_password", "password_not_set"):
+        elif reason == "source_not_allowed" or (
+            method == "password" and reason in ("wrong_password", "password_not_set")
+        ):
             defender.offence(self.source, "wrong_credentials", reason)
         elif reason in ("unknown_key", "no_keys"):
             self._key_failed = True
@@ -488,3 +502,11 @@ class _CountedSession(SSHServerStreamSession[bytes]):
             self._closed()
             self._closed = None
         super().connection_lost(exc)
+
+
+def _in_networks(address: str, networks: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(net) for net in networks)

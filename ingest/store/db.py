@@ -140,6 +140,10 @@ STATE_MIGRATIONS: tuple[str, ...] = (
         created_at TEXT NOT NULL
     );
     """,
+    # Where a district may log in from: comma-separated CIDR networks, '' = anywhere.
+    """
+    ALTER TABLE districts ADD COLUMN allowed_sources TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 

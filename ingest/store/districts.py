@@ -7,6 +7,7 @@ key by what the district tells them.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class District:
     keys: tuple[DistrictKey, ...]
     created_at: str
     updated_at: str
+    allowed_sources: tuple[str, ...] = ()  # networks it may log in from; () = anywhere
 
 
 def validate_district_name(name: str) -> str:
@@ -190,6 +192,24 @@ class DistrictStore:
                 (int(enabled), _now(), name),
             )
 
+    def set_allowed_sources(self, name: str, sources: list[str]) -> tuple[str, ...]:
+        """Where the district may log in from (CIDR networks or addresses); [] = anywhere."""
+        networks = []
+        for source in sources:
+            try:
+                networks.append(str(ipaddress.ip_network(source.strip(), strict=False)))
+            except ValueError:
+                raise DistrictError(
+                    f"{source!r} is not an IP address or network (e.g. 192.0.2.0/24)"
+                ) from None
+        with self.db.connect() as conn:
+            self._require_row(conn, name)
+            conn.execute(
+                "UPDATE districts SET allowed_sources = ?, updated_at = ? WHERE name = ?",
+                (",".join(networks), _now(), name),
+            )
+        return tuple(networks)
+
     def get(self, name: str) -> District | None:
         with self.db.read() as conn:
             row = conn.execute("SELECT * FROM districts WHERE name = ?", (name,)).fetchone()
@@ -221,6 +241,7 @@ class DistrictStore:
             keys=tuple(DistrictKey(**dict(k)) for k in keys),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            allowed_sources=_split(row["allowed_sources"]),
         )
 
     def _require_row(self, conn: sqlite3.Connection, name: str) -> None:
@@ -251,6 +272,14 @@ class DistrictStore:
             return "district_disabled"
         return None
 
+    def allowed_sources(self, name: str) -> tuple[str, ...]:
+        """The networks the district may log in from; () for anywhere (or no district)."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT allowed_sources FROM districts WHERE name = ?", (name,)
+            ).fetchone()
+        return _split(row["allowed_sources"]) if row is not None else ()
+
     def authorized_keys(self, name: str) -> tuple[bool, list[str]]:
         """(district exists and is enabled, its public key lines)."""
         with self.db.read() as conn:
@@ -261,3 +290,7 @@ class DistrictStore:
                 "SELECT public_key FROM district_keys WHERE district = ?", (name,)
             ).fetchall()
         return bool(row["enabled"]), [k["public_key"] for k in keys]
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part for part in text.split(",") if part)
