@@ -377,8 +377,8 @@ def test_bans_are_shared_with_the_cli_and_outlive_a_restart(tmp_path: Path) -> N
 
 def test_a_district_may_be_limited_to_its_own_networks(daemon: Daemon) -> None:
     creds = daemon.add_district()
-    said = daemon.cli("district", "allow", creds.name, "127.0.0.3/32", "10.0.0.0/8").stdout
-    assert "127.0.0.3/32, 10.0.0.0/8" in said
+    said = daemon.cli("district", "allow", creds.name, "127.0.0.30/32", "10.0.0.0/8").stdout
+    assert "127.0.0.30/32, 10.0.0.0/8" in said
 
     def sftp_from(source: str) -> list[str]:
         client = paramiko.SSHClient()
@@ -403,10 +403,10 @@ def test_a_district_may_be_limited_to_its_own_networks(daemon: Daemon) -> None:
     with pytest.raises(paramiko.AuthenticationException):
         sftp_from("127.0.0.1")  # the right key, from elsewhere
     daemon.wait_for("auth.failed", district=creds.name, reason="source_not_allowed")
-    assert "upload" in sftp_from("127.0.0.3")
+    assert "upload" in sftp_from("127.0.0.30")
     listed = json.loads(daemon.cli("district", "list", "--json").stdout)
     assert next(d for d in listed if d["name"] == creds.name)["allowed_sources"] == [
-        "127.0.0.3/32",
+        "127.0.0.30/32",
         "10.0.0.0/8",
     ]
     daemon.cli("district", "allow", creds.name, "--anywhere")
