@@ -206,6 +206,7 @@ def test_kill_9_mid_upload_then_restart_waits_for_the_upload_again(tmp_path: Pat
             paramiko_client(daemon, creds) as client,  # the nightly job uploads it again
             client.open_sftp().open(f"/upload/{epoch}/users.csv", "wb") as handle,
         ):
+            handle.set_pipelined(True)
             handle.write(BIG)
         applied = daemon.wait_for("epoch.applied", district=creds.name, epoch=epoch, timeout=60)
         assert applied["summary"]["created"] == ROWS
@@ -548,7 +549,7 @@ def test_a_cut_file_recorded_before_the_upgrade_stays_cut(tmp_path: Path) -> Non
     (incomplete_uploads); upgrading must not forget them."""
     import os
 
-    from ingest.store import Database, DistrictStore
+    from ingest.store import Database
     from ingest.store.db import STATE_MIGRATIONS
 
     epoch, data = "20260409-020000", users_csv(2_000)
@@ -557,7 +558,11 @@ def test_a_cut_file_recorded_before_the_upgrade_stays_cut(tmp_path: Path) -> Non
     before = Database(f"sqlite:///{state / 'ingest.db'}", migrations=STATE_MIGRATIONS[:5])
     before.migrate()  # the schema of the version before
     districts = tmp_path / "data" / "districts"
-    DistrictStore(before, districts).add("upgrader", "upgrader-Correct-Horse-9")
+    with before.connect() as conn:  # the district as the version before made it
+        conn.execute(
+            "INSERT INTO districts (name, password_hash, enabled, created_at, updated_at)"
+            " VALUES ('upgrader', NULL, 1, 'x', 'x')"
+        )
     directory = districts / "upgrader" / "upload" / epoch
     directory.mkdir(parents=True)
     (directory / "users.csv").write_bytes(data[: len(data) // 2])
