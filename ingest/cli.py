@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -56,13 +57,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, DistrictError) as exc:
         print(f"ingest: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
+    except BrokenPipeError:  # before OSError, which it is
         # `ingest accounts export NAME | head`: the reader left; no traceback. Python
         # flushes stdout again at exit, so point it at /dev/null first.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return EXIT_BROKEN_PIPE
+    except sqlite3.Error as exc:  # a read-only or unreadable state database
+        print(f"ingest: the state database cannot be used: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # an unreadable config file, an unwritable data directory
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"ingest: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -282,9 +290,7 @@ def _healthcheck(args: argparse.Namespace, config: Config) -> int:
 
 
 def _store(config: Config) -> DistrictStore:
-    database = Database(config.database_url)
-    database.migrate()
-    return DistrictStore(database, config.districts_dir)
+    return DistrictStore(_database(config), config.districts_dir)
 
 
 def _read_password() -> str:
@@ -521,7 +527,7 @@ def _bans_remove(args: argparse.Namespace, config: Config) -> int:
 
 def _database(config: Config) -> Database:
     database = Database(config.database_url)
-    database.migrate()
+    database.migrate(config.districts_dir)
     return database
 
 

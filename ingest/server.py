@@ -15,6 +15,7 @@ from ingest.config import Config
 from ingest.epochs.service import EpochService
 from ingest.logging import flush_logs, get_logger
 from ingest.sftp import (
+    Denied,
     FanOut,
     SFTPEventHandler,
     SFTPService,
@@ -28,6 +29,8 @@ from ingest.store.bans import BanStore
 from ingest.store.checkpoint import Checkpointer
 from ingest.store.journal import UploadJournal
 
+DATABASE_CHECK = 1.0  # seconds between looks at the state database's file
+
 
 class Server:
     def __init__(self, config: Config, events: SFTPEventHandler | None = None) -> None:
@@ -38,6 +41,7 @@ class Server:
         self.epochs: EpochService | None = None
         self.checkpointer: Checkpointer | None = None
         self.defender: Defender | None = None
+        self._watch: asyncio.Task[None] | None = None
         self.port: int | None = None
         self._should_exit = asyncio.Event()
 
@@ -48,7 +52,7 @@ class Server:
         config.temp_dir.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("SQLITE_TMPDIR", str(config.temp_dir.resolve()))
         database = Database(config.database_url, background_checkpoints=True)
-        schema = await asyncio.to_thread(database.migrate)
+        schema = await asyncio.to_thread(database.migrate, config.districts_dir)
         config.districts_dir.mkdir(parents=True, exist_ok=True)
         host_keys = await asyncio.to_thread(load_or_create_host_keys, config.host_key_dir)
         districts = DistrictStore(database, config.districts_dir)
@@ -93,6 +97,7 @@ class Server:
         self.port = await self.sftp.start()
         self.checkpointer = Checkpointer(database)
         self.checkpointer.start()
+        self._watch = asyncio.get_running_loop().create_task(self._watch_database(database))
         self.log.info(
             "server.started",
             host=config.server.host,
@@ -112,6 +117,40 @@ class Server:
         await self._should_exit.wait()
         await self.shutdown()
 
+    async def _watch_database(self, database: Database) -> None:
+        """The state database must stay the file the daemon opened. Deleted or replaced
+        under it, every write would go to a file nobody can open again, and the next
+        admin command would make a new, empty one: uploads stop and processing stops
+        (they would be recorded nowhere), reads go on, and it is said loudly."""
+        opened = await asyncio.to_thread(os.stat, database.path)
+        while True:
+            await asyncio.sleep(DATABASE_CHECK)
+            try:
+                now = await asyncio.to_thread(os.stat, database.path)
+            except FileNotFoundError:
+                reason = "deleted"
+            else:
+                if (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino):
+                    continue
+                reason = "replaced"
+            self.log.error(
+                "database.lost",
+                path=str(database.path),
+                reason=reason,
+                message="the state database was deleted or replaced while the server ran; "
+                "uploads and processing are stopped: restore the file (or move the new one "
+                "away) and restart the server",
+            )
+            if self.sftp is not None:
+                self.sftp.runtime.uploads_refused = Denied(
+                    "database_lost",
+                    "the server cannot record uploads right now; try again later (the "
+                    "operators are alerted)",
+                )
+            if self.epochs is not None:
+                self.epochs.stop_starting()
+            return
+
     def request_exit(self, signum: int | None = None) -> None:
         if not self._should_exit.is_set():
             self.log.info("server.signal", signal=signal.Signals(signum).name if signum else None)
@@ -122,6 +161,8 @@ class Server:
         if sftp is None:
             return
         grace = self.config.server.shutdown_grace
+        if self._watch is not None:
+            self._watch.cancel()
         sftp.stop_accepting()
         if self.epochs is not None:
             self.epochs.stop_starting()

@@ -179,3 +179,35 @@ def test_version_and_console_script(daemon: Daemon) -> None:
             [str(script), "--help"], capture_output=True, text=True, env={**os.environ}, timeout=60
         )
         assert "district" in out.stdout
+
+
+def test_an_unusable_config_data_dir_or_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not an SQLite database, whatever its name" * 100)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    cases = [
+        (["--config", str(tmp_path)], {}, "Is a directory"),  # the config "file"
+        ([], {"INGEST_STORAGE_DATA_DIR": str(afile)}, "afile"),  # data dir is a file
+        (
+            [],
+            {
+                "INGEST_STORAGE_DATA_DIR": str(tmp_path),
+                "INGEST_DATABASE_URL": f"sqlite:///{garbage}",
+            },
+            "state database cannot be used",
+        ),
+    ]
+    for args, env, said in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "ingest", *args, "district", "list"],
+            capture_output=True,
+            text=True,
+            env={**base, **env},
+            timeout=60,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and said in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -142,3 +142,23 @@ def test_port_in_use_fails_cleanly(tmp_path: Path) -> None:
     failed = [json.loads(line) for line in result.stdout.splitlines()]
     assert failed[-1]["event"] == "server.failed"
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_lost_state_database_stops_uploads_and_says_so(tmp_path: Path) -> None:
+    with run_daemon(tmp_path) as daemon:
+        creds = daemon.add_district()
+        state = daemon.data_dir / "state"
+        with paramiko_client(daemon, creds) as client:  # a session from before
+            sftp = client.open_sftp()
+            for name in ("ingest.db", "ingest.db-wal", "ingest.db-shm"):
+                (state / name).unlink(missing_ok=True)  # someone cleans up the volume
+            lost = daemon.wait_for("database.lost", timeout=10)
+            assert lost["reason"] == "deleted"
+            assert "upload" in sftp.listdir("/")  # reading goes on
+            with pytest.raises(PermissionError, match="cannot record uploads"):
+                sftp.open("/upload/20260101-000000/users.csv", "wb")
+        daemon.wait_for("sftp.denied", district=creds.name, reason="database_lost")
+        assert not (state / "ingest.db").exists()  # nothing made a new, empty one
+        listed = daemon.cli("district", "list", check=False)  # nor does the admin CLI
+        assert listed.returncode == 2 and "the state database was lost" in listed.stderr
+        assert not (state / "ingest.db").exists()

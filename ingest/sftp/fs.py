@@ -83,6 +83,8 @@ class SFTPRuntime:
     storage: Storage
     max_handles: int  # per connection (SessionState.handles)
     draining: bool = False
+    # Set when uploads must stop although the server runs on (its database was lost).
+    uploads_refused: Denied | None = None
     # Digests finishing after the client's close was answered; referenced so they run on.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -216,6 +218,8 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
                 path,
                 Denied("shutting_down", "the server is restarting; retry the upload in a minute"),
             )
+        if writing and self._runtime.uploads_refused is not None:
+            raise self._deny("open", path, self._runtime.uploads_refused)
         # Write handles are opened read-write whatever the client asked: the server reads
         # the file back to hash it when the writes were not one sequential stream.
         flags = os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_RDWR if writing else os.O_RDONLY)

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from ingest.config import ConfigError
 
@@ -179,7 +180,14 @@ class Database:
     def _thread_connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            # mode=rw: never create the file here (only migrate() does). A database
+            # deleted under a running daemon must stay gone, not come back empty.
+            conn = sqlite3.connect(
+                f"file:{quote(str(self.path))}?mode=rw",
+                uri=True,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+            )
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
@@ -260,8 +268,27 @@ class Database:
                 conn.execute("ROLLBACK")
             raise
 
-    def migrate(self) -> int:
-        """Create the file if needed and apply pending migrations; returns the version."""
+    def migrate(self, districts_dir: Path | None = None) -> int:
+        """Create the file if needed and apply pending migrations; returns the version.
+
+        ``districts_dir``: a state database is only created where no district exists on
+        disk yet. Districts without it mean the database was lost (deleted, or a volume
+        mounted without it): an empty new one would silently forget every district,
+        account and epoch, so that is refused with what to do instead.
+        """
+        lost = (
+            districts_dir is not None
+            and not self.path.exists()
+            and districts_dir.is_dir()
+            and any(entry.is_dir() for entry in districts_dir.iterdir())
+        )
+        if lost:
+            raise ConfigError(
+                f"database.url: {self.path} does not exist, but {districts_dir} holds "
+                "districts: the state database was lost. Restore it from a backup (see "
+                "docs/operations.md); to start anew on purpose, move the districts "
+                "directory away first"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
