@@ -188,6 +188,8 @@ class DefenderConfig:
     # Comma-separated addresses or CIDR networks: never scored or banned / always refused.
     safe_list: str = field(default="", metadata=_check(_networks))
     block_list: str = field(default="", metadata=_check(_networks))
+    # Seconds between reads of the ban table (bans added or lifted with `ingest bans`).
+    refresh_interval: float = field(default=5.0, metadata=_check(_positive))
 
 
 @dataclass(frozen=True)

@@ -290,6 +290,7 @@ DEFENDER = {
     "defender_ban_time": 120,
     "defender_safe_list": "127.0.0.5",
     "defender_block_list": "127.0.0.6/32",
+    "defender_refresh_interval": 0.5,
 }
 
 

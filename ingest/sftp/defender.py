@@ -14,7 +14,7 @@ Bans are per address, never per district: guessing at a district's name from els
 bans the guesser, not the district. Addresses on ``safe_list`` are never scored or banned;
 ``block_list`` is refused always. Bans live in the state database (``ingest/store/
 bans.py``), so they outlive a restart, and the admin CLI can list, add and remove them:
-the daemon reads them again every ``REFRESH`` seconds. Used on the event loop; database
+the daemon reads them again every ``refresh_interval`` seconds. Used on the event loop; database
 work runs on a thread of its own, in order.
 """
 
@@ -31,7 +31,6 @@ from typing import Any, Protocol
 from ingest.config import DefenderConfig
 from ingest.store.bans import Ban
 
-REFRESH = 5.0  # seconds between reads of the ban table (bans added or lifted by the CLI)
 FORGET_AFTER = 7 * 86400.0  # an expired ban is kept this long: its count makes the next longer
 MAX_BAN = 30 * 86400.0  # no ban lasts longer, however often an address comes back
 TRACKED = 10_000  # addresses with points remembered, least recently scored first out
@@ -172,10 +171,10 @@ class Defender:
         loop = asyncio.get_running_loop()
         rounds = 0
         while True:
-            await asyncio.sleep(REFRESH)
+            await asyncio.sleep(self.config.refresh_interval)
             rounds += 1
             try:
-                if rounds % 720 == 0:  # hourly
+                if rounds * self.config.refresh_interval % 3600 < self.config.refresh_interval:
                     await loop.run_in_executor(
                         self._pool, self.store.forget_expired, time.time(), FORGET_AFTER
                     )
