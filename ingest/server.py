@@ -93,6 +93,7 @@ class Server:
                 config.data_dir,
             ),
             defender=self.defender,
+            own_link=self.epochs.archive_twin,
         )
         self.port = await self.sftp.start()
         self.checkpointer = Checkpointer(database)

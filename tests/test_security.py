@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import paramiko
 import pytest
 
 from tests.clients import paramiko_client, sftp_batch, ssh_options, ssh_sftp_subsystem
-from tests.harness import Credentials, Daemon, require_tool
+from tests.harness import Credentials, Daemon, report, require_tool
 
 
 @pytest.fixture
@@ -91,6 +92,44 @@ def test_planted_symlinks_are_never_followed(daemon: Daemon, district: Credentia
         sftp.remove("/upload/etc/hostname")
     assert not (daemon.root(other.name) / "upload" / "new.csv").exists()
     _denied(daemon, district, "open", "symlink")
+
+
+def test_planted_hard_links_are_never_served_or_processed(  # type: ignore[no-untyped-def]
+    daemon: Daemon, district: Credentials, sftp
+) -> None:
+    """Someone with access to the volume links another district's file into this one's
+    tree: it is neither read, nor written through, nor processed as an upload."""
+    other = daemon.add_district()
+    secret = daemon.root(other.name) / "upload" / "20260101-000000" / "secret.csv"
+    secret.write_text("Email,First Name,Last Name\nceo@other.org,Their,Boss\n")
+    folder = daemon.root(district.name) / "upload" / "20260101-000000"
+    os.link(secret, folder / "stolen.csv")
+    with pytest.raises(PermissionError, match="another name"):
+        sftp.open("/upload/20260101-000000/stolen.csv").read()
+    with pytest.raises(PermissionError, match="another name"):
+        sftp.open("/upload/20260101-000000/stolen.csv", "wb")  # would truncate theirs
+    assert secret.read_text().startswith("Email")
+    _denied(daemon, district, "open", "hardlink")
+    epoch = folder.parent / "20260102-020000"
+    epoch.mkdir()
+    os.link(secret, epoch / "users.csv")
+    (epoch / "COMPLETE").write_bytes(b"")
+    for written in (epoch / "users.csv", epoch / "COMPLETE"):  # long settled (quiet period)
+        os.utime(written, (time.time() - 3600, time.time() - 3600))
+    daemon.wait_for("epoch.published", district=district.name, epoch="20260102-020000")
+    result = report(daemon, district.name, "20260102-020000")
+    assert result["status"] == "rejected"  # file_missing: the link was not taken
+    assert "link_ignored" in {w["code"] for w in result["warnings"]}
+    # The server's own second name is fine: an epoch published by an older version, whose
+    # archive copy was a hard link, can still be downloaded.
+    published = daemon.root(district.name) / "upload-processed" / "20251231-020000"
+    published.mkdir()
+    (published / "users.csv").write_text("Email\n")
+    archived = daemon.data_dir / "archive" / district.name / "20251231-020000"
+    archived.mkdir(parents=True)
+    os.link(published / "users.csv", archived / "users.csv")
+    with sftp.open("/upload-processed/20251231-020000/users.csv") as fh:
+        assert fh.read() == b"Email\n"
 
 
 def test_cross_district_access_is_impossible(daemon: Daemon, district: Credentials, sftp) -> None:  # type: ignore[no-untyped-def]

@@ -72,7 +72,7 @@ def list_upload(upload_dir: Path) -> UploadListing:
             target = listing.epochs if parse_epoch_name(entry.name) else listing.invalid_dirs
             target.append(entry.name)
             continue
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # a hard link is never taken
             continue
         seen = FileSeen(entry.name, Path(entry.path), st.st_size, st.st_mtime)
         if is_temp_name(entry.name):
@@ -89,8 +89,8 @@ def read_epoch(epoch_dir: Path) -> EpochContents:
     marker = None
     files, temp, misnamed, subdirs, links = [], [], [], [], []
     for entry, st in _entries(epoch_dir):
-        if stat.S_ISLNK(st.st_mode):
-            links.append(entry.name)
+        if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+            links.append(entry.name)  # a hard link may be another district's file
         elif stat.S_ISDIR(st.st_mode):
             subdirs.append(entry.name)
         elif stat.S_ISREG(st.st_mode):

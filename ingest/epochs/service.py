@@ -197,6 +197,17 @@ class EpochService:
         self._publish_pool.shutdown(wait=True)
         self._io_pool.shutdown(wait=True)
 
+    def archive_twin(self, path: Path, st: os.stat_result) -> bool:
+        """Worker thread: whether the other name of this published file is its copy in the
+        archive (epochs archived before the archive held private copies share the inode);
+        the SFTP layer serves no other file with two names."""
+        try:
+            district, zone, epoch, name = path.relative_to(self.districts_dir).parts
+            twin = os.stat(self.archive_dir / district / epoch / name)
+        except (ValueError, OSError):
+            return False
+        return zone == PROCESSED and (twin.st_dev, twin.st_ino) == (st.st_dev, st.st_ino)
+
     def _district_dirs(self) -> list[Path]:
         root = self.districts_dir
         return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []

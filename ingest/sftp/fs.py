@@ -82,6 +82,9 @@ class SFTPRuntime:
     journal: UploadJournal
     storage: Storage
     max_handles: int  # per connection (SessionState.handles)
+    # A file with more than one name is served only when this says the other name is the
+    # server's own (worker thread): a hard link planted in a district's tree is refused.
+    own_link: Callable[[Path, os.stat_result], bool]
     draining: bool = False
     # Set when uploads must stop although the server runs on (its database was lost).
     uploads_refused: Denied | None = None
@@ -229,9 +232,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             flags |= os.O_TRUNC
         if pflags & asyncssh.FXF_EXCL:
             flags |= os.O_EXCL
+        own_link = self._runtime.own_link
         if not writing:
             resolved, fd = await self._on_path(
-                "open", path, Access.READ, lambda real: os.open(real, flags)
+                "open", path, Access.READ, lambda real: _open_one_name(real, flags, own_link)
             )
             return _Handle(fd, resolved)
         (upload,) = await self._admit(("open", path))
@@ -248,7 +252,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             except Exception as exc:
                 raise _JournalFailed(repr(exc)) from exc
             try:
-                fd = os.open(resolved.real, flags, FILE_MODE)
+                fd = _open_one_name(resolved.real, flags, own_link)
             except BaseException:
                 _best_effort(journal.forget, intent)
                 raise
@@ -710,6 +714,27 @@ def _finish_writes(
         if not keep_open:
             os.close(writer.fd)
     return end
+
+
+def _open_one_name(path: Path, flags: int, own_link: Callable[[Path, os.stat_result], bool]) -> int:
+    """Open ``path``, refusing a regular file that has another name (a hard link: the
+    other name may be another district's file). The check comes before a truncation, so
+    a refused file is left as it was."""
+    fd = os.open(path, flags & ~os.O_TRUNC, FILE_MODE)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and not own_link(path, st):
+            raise Denied(
+                "hardlink",
+                "this file also exists under another name on the server (a hard link) and "
+                "is not served; tell your operator",
+            )
+        if flags & os.O_TRUNC:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _same_file(fd: int, path: Path) -> bool:

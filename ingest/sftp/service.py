@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -125,6 +126,7 @@ class SFTPService:
         journal: UploadJournal,
         storage: Storage,
         defender: Defender,
+        own_link: Callable[[Path, os.stat_result], bool],
     ) -> None:
         asyncssh_compat.install()
         self.settings = settings
@@ -153,6 +155,7 @@ class SFTPService:
             journal=journal,
             storage=storage,
             max_handles=settings.max_handles_per_session,
+            own_link=own_link,
         )
         # argon2 is deliberately slow and memory-hungry: see authgate.py.
         self.auth = AuthGate(settings.max_password_checks_waiting)
