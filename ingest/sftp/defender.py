@@ -56,7 +56,7 @@ def networks(text: str) -> list[Network]:
     ]
 
 
-def _in(address: str, nets: list[Network]) -> bool:
+def address_in(address: str, nets: list[Network]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -96,9 +96,9 @@ class Defender:
 
     def refusal(self, address: str) -> str | None:
         """``blocked``, ``banned``, or None when ``address`` may connect."""
-        if _in(address, self._block):
+        if address_in(address, self._block):
             return "blocked"
-        if not self.config.enabled or _in(address, self._safe):
+        if not self.config.enabled or address_in(address, self._safe):
             return None
         now = time.time()
         if any(ban.until > now and ban.covers(address) for ban in self._bans.values()):
@@ -112,7 +112,7 @@ class Defender:
         self.score(address, int(getattr(self.config, f"score_{kind}")), reason)
 
     def score(self, address: str, points: int, reason: str) -> None:
-        if points <= 0 or not self.config.enabled or _in(address, self._safe):
+        if points <= 0 or not self.config.enabled or address_in(address, self._safe):
             return
         if self.refusal(address) is not None:
             return  # already banned: a ban's length does not grow from inside it

@@ -9,7 +9,6 @@ TCP/UNIX forwarding is refused by :class:`asyncssh.SSHServer`'s defaults, which
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import secrets
 import time
@@ -28,7 +27,7 @@ from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
 from ingest.sftp.admission import Admission
 from ingest.sftp.authgate import AuthGate
-from ingest.sftp.defender import Defender
+from ingest.sftp.defender import Defender, address_in, networks
 from ingest.sftp.events import (
     SessionClosed,
     SFTPEventHandler,
@@ -383,7 +382,7 @@ class DistrictConnection(asyncssh.SSHServer):
             self._kex_deadline = None
         self.username = username
         allowed = await self.service.auth.look_up(self.service.districts.allowed_sources, username)
-        self._source_allowed = not allowed or _in_networks(self.source, allowed)
+        self._source_allowed = not allowed or address_in(self.source, networks(",".join(allowed)))
         return True  # authentication is always required
 
     def password_auth_supported(self) -> bool:
@@ -505,11 +504,3 @@ class _CountedSession(SSHServerStreamSession[bytes]):
             self._closed()
             self._closed = None
         super().connection_lost(exc)
-
-
-def _in_networks(address: str, networks: tuple[str, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(net) for net in networks)
