@@ -299,15 +299,16 @@ class DistrictConnection(asyncssh.SSHServer):
 
     def _kex_too_slow(self) -> None:
         self._kex_deadline = None
-        self.service.defender.score(
-            self.source, self.service.defender.config.score_protocol, "kex_timeout"
-        )
+        self.service.defender.offence(self.source, "protocol", "kex_timeout")
         self._refuse("kex_timeout", "Key exchange not completed in time")
 
-    def _authenticated_or_gone(self) -> None:
+    def _kex_done(self) -> None:
         if self._kex_deadline is not None:
             self._kex_deadline.cancel()
             self._kex_deadline = None
+
+    def _authenticated_or_gone(self) -> None:
+        self._kex_done()
         if self._unauthenticated:
             self._unauthenticated = False
             self.service.admission.leave(self.source)
@@ -342,9 +343,7 @@ class DistrictConnection(asyncssh.SSHServer):
         if self.session is None and self._key_failed:
             # Offered keys that were not the district's: once per connection (clients try
             # several keys before the right one; a login that succeeds costs nothing).
-            service.defender.score(
-                self.source, service.defender.config.score_wrong_credentials, "unknown_key"
-            )
+            service.defender.offence(self.source, "wrong_credentials", "unknown_key")
         self._authenticated_or_gone()
         if self in service.connections:
             service.connections.discard(self)
@@ -376,10 +375,7 @@ class DistrictConnection(asyncssh.SSHServer):
     # --- authentication ------------------------------------------------------------------
 
     async def begin_auth(self, username: str) -> bool:
-        # The key exchange is done: from here login_timeout applies.
-        if self._kex_deadline is not None:
-            self._kex_deadline.cancel()
-            self._kex_deadline = None
+        self._kex_done()  # from here login_timeout applies
         self.username = username
         allowed = await self.service.auth.look_up(self.service.districts.allowed_sources, username)
         self._source_allowed = not allowed or address_in(self.source, networks(",".join(allowed)))
