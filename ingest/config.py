@@ -83,6 +83,8 @@ class ServerConfig:
     # Password checks (argon2) of unknown addresses waiting at once; more fail at once.
     max_password_checks_waiting: int = field(default=16, metadata=_check(_positive))
     max_handles_per_session: int = field(default=64, metadata=_check(_positive))
+    # Upload bytes received but not yet on disk, all handles of all districts together.
+    max_buffered_upload_bytes: int = field(default=32 * 1024**2, metadata=_check(_positive))
     # On SIGTERM, how long running uploads may take to finish before sessions are closed.
     shutdown_grace: float = field(default=30.0, metadata=_check(_non_negative))
 

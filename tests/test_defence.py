@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ import paramiko
 import pytest
 
 from tests.clients import paramiko_client, sftp_batch
-from tests.harness import Daemon, run_daemon, wait_until
+from tests.harness import FAST_EPOCHS, Daemon, run_daemon, wait_until
 
 LIMITS = {
     "server_max_unauthenticated": 16,
@@ -163,6 +164,38 @@ def test_a_file_cannot_grow_beyond_max_file_bytes(daemon: Daemon) -> None:
     assert (daemon.root(creds.name) / "upload/20260101-000000/sparse.csv").exists() is False
 
 
+@pytest.mark.parametrize("how", ["write past the end", "truncate to grow"])
+def test_a_file_with_holes_is_refused_at_its_close_and_never_hashed(
+    daemon: Daemon, how: str
+) -> None:
+    """A hole costs its writer nothing and the hashing of it a full read: a sparse file
+    is refused at its close, stays not whole, and its epoch is never processed."""
+    creds = daemon.add_district()
+    epoch = "20260101-000000"
+    path = f"/upload/{epoch}/users.csv"
+    with paramiko_client(daemon, creds) as client:
+        sftp = client.open_sftp()
+        handle = sftp.open(path, "wb")
+        handle.write(b"Email,First Name,Last Name\n")
+        if how == "write past the end":
+            handle.seek(600 * 1024)
+            handle.write(b"a@example.org,A,B\n")
+        else:
+            handle.truncate(900 * 1024)
+        handle.close()  # fails on the server (paramiko does not report a failed close)
+        with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
+            pass
+    refusal = daemon.wait_for("upload.refused", district=creds.name, path=path)
+    assert refusal["code"] == "file_has_holes"
+    assert "never written" in refusal["message"]
+    aborted = daemon.wait_for("upload.aborted", district=creds.name, path=path)
+    assert aborted["reason"] == "file_has_holes"
+    notice = daemon.wait_for("epoch.notice", district=creds.name, code="upload_incomplete")
+    assert epoch in notice["path"]
+    assert not daemon.events("upload.finished", district=creds.name, path=path)
+    assert not daemon.events("epoch.ready", district=creds.name)
+
+
 def test_a_district_quota_bounds_bytes_and_files_in_its_upload_folder(daemon: Daemon) -> None:
     creds, other = daemon.add_district(), daemon.add_district()
     folder = "/upload/20260101-000000"
@@ -213,6 +246,40 @@ def test_no_upload_starts_below_the_free_space_reserve(tmp_path: Path) -> None:
             assert "upload" in sftp.listdir("/")  # reading goes on
         refusal = daemon.wait_for("upload.refused", district=creds.name)
         assert refusal["code"] == "disk_full"
+
+
+def test_buffered_upload_bytes_share_one_budget(tmp_path: Path) -> None:
+    """Many handles writing faster than the disk takes it hold at most the budget in
+    memory together: past it, their sessions wait for the disk. Nothing is lost."""
+    budget = 256 * 1024
+    with run_daemon(tmp_path, server_max_buffered_upload_bytes=budget) as daemon:
+        creds = daemon.add_district()
+        data = {f"f{n}.csv": bytes([65 + n]) * (3 << 20) for n in range(4)}
+        folder = "/upload/20260101-000000"
+
+        def upload(name: str) -> None:
+            with (
+                paramiko_client(daemon, creds) as client,
+                client.open_sftp().open(f"{folder}/{name}", "wb") as fh,
+            ):
+                fh.set_pipelined(True)
+                fh.write(data[name])
+
+        threads = [threading.Thread(target=upload, args=(name,)) for name in data]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        for name, content in data.items():
+            finished = daemon.wait_for(
+                "upload.finished", district=creds.name, path=f"{folder}/{name}"
+            )
+            assert finished["size"] == len(content)
+            assert (daemon.root(creds.name) / folder.lstrip("/") / name).read_bytes() == content
+        reached = daemon.wait_for(
+            "limit.reached", district=creds.name, limit="max_buffered_upload_bytes"
+        )
+        assert reached["value"] == budget
 
 
 def test_disk_space_shown_is_the_districts_own_quota(daemon: Daemon) -> None:
@@ -414,3 +481,44 @@ def test_a_district_may_be_limited_to_its_own_networks(daemon: Daemon) -> None:
     assert "upload" in sftp_from("127.0.0.1")
     bad = daemon.cli("district", "allow", creds.name, "the-office", check=False)
     assert bad.returncode == 1 and "not an IP address or network" in bad.stderr
+
+
+def place_epoch(daemon: Daemon, district: str, epoch: str, size: int) -> None:
+    """An epoch written straight to the volume (a shared-volume writer, not our SFTP
+    server): its users.csv is a sparse file of ``size`` bytes, which the epoch layer must
+    hash itself, at full cost, before taking the epoch."""
+    folder = daemon.root(district) / "upload" / epoch
+    folder.mkdir()
+    with (folder / "users.csv").open("wb") as fh:
+        fh.truncate(size)
+    (folder / "COMPLETE").touch()
+
+
+def test_hashing_one_districts_files_never_stalls_another_district(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
+        big, small = daemon.add_district(), daemon.add_district()
+        place_epoch(daemon, big.name, "20260102-000000", 3 << 30)  # 3 GiB: seconds
+        daemon.wait_for("epoch.hashing", district=big.name)
+        epoch = "20260102-000001"
+        with paramiko_client(daemon, small) as client:
+            sftp = client.open_sftp()
+            sftp.mkdir(f"/upload/{epoch}")
+            with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
+                fh.write(b"Email,First Name,Last Name\na@example.org,A,B\n")
+            with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
+                pass
+        daemon.wait_for("epoch.ready", district=small.name, epoch=epoch)
+        assert not daemon.events("epoch.ready", district=big.name)  # still hashing
+
+
+def test_sigterm_while_hashing_exits_promptly(tmp_path: Path) -> None:
+    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
+        creds = daemon.add_district()
+        place_epoch(daemon, creds.name, "20260102-000000", 64 << 30)  # 64 GiB: minutes
+        daemon.wait_for("epoch.hashing", district=creds.name)
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait_exit(timeout=30) == 0
+        assert time.monotonic() - started < 5 + 5  # the grace (5 s in tests), and a little
+        assert daemon.events("server.stopped")
+        assert not daemon.events("server.failed")

@@ -245,3 +245,45 @@ def test_writer_batches_hand_offs_and_finishes_queued_data(tmp_path: Path) -> No
     assert jobs_started == 0  # 10 KB is below one batch: no thread hand-off at all
     assert path.read_bytes() == expected
     assert (digest, size) == (hashlib.sha256(expected).hexdigest(), 10_000)
+
+
+def test_stream_digest_stops_at_shutdown(tmp_path: Path) -> None:
+    import threading
+
+    from ingest.sftp.writer import DigestAborted, StreamDigest
+
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(8 * 1024 * 1024))
+    fd = os.open(path, os.O_RDONLY)
+    stop = threading.Event()
+    digest = StreamDigest(fd, None, stop)
+    digest.written(1000, 8 * 1024 * 1024)  # not from 0: the whole file is hashed at the end
+    stop.set()
+    with pytest.raises(DigestAborted):
+        digest.hexdigest(8 * 1024 * 1024)
+    os.close(fd)
+
+
+def test_buffer_budget_serves_waiters_in_order_and_returns_cancelled_ones() -> None:
+    from ingest.sftp.budget import BufferBudget
+
+    async def go() -> None:
+        budget = BufferBudget(100)
+        assert budget.try_take(60)
+        assert not budget.try_take(60)  # does not fit
+        first = asyncio.create_task(budget.take(50))
+        second = asyncio.create_task(budget.take(10))  # fits, but waits behind the first
+        cancelled = asyncio.create_task(budget.take(30))
+        await asyncio.sleep(0)
+        assert not first.done() and not second.done()
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        budget.give_back(60)  # from a worker thread in the server; here on the loop
+        await asyncio.wait_for(asyncio.gather(first, second), 1)
+        assert budget.used == 60 and budget.waits == 3
+        budget.give_back(60)
+        assert budget.used == 0
+        assert budget.try_take(500)  # alone, one write larger than the budget goes through
+        assert budget.peak == 500
+
+    _run(go())

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,10 +44,18 @@ class ArchiveMismatch(Exception):
         self.sha256 = sha256
 
 
-def sha256_file(path: Path) -> str:
+class HashingStopped(Exception):
+    """The server is shutting down: hashing stopped before the end of the file."""
+
+
+def sha256_file(path: Path, stop: threading.Event | None = None) -> str:
+    """The file's SHA-256; once ``stop`` is set, :class:`HashingStopped` within a chunk
+    (a shutdown never waits for the rest of a big file)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         while chunk := fh.read(_CHUNK):
+            if stop is not None and stop.is_set():
+                raise HashingStopped(path.name)
             digest.update(chunk)
     return digest.hexdigest()
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import threading
 import time
 import traceback
 from collections import defaultdict
@@ -112,6 +114,10 @@ class EpochService:
             self.registry, self.settings.loose_files, self.settings.max_clock_skew, self.log
         )
         self._io_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="epoch-io")
+        # Hashing files the SFTP layer did not see written (a shared volume, a restart):
+        # seconds per GiB, so never in the pool that lists every district's folders.
+        self._hash_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-hash")
+        self._stop_hashing = threading.Event()  # set by stop(): hashing ends within a chunk
         # Publishing comes in bursts (a session that uploaded many epochs closes); its own
         # threads keep detection and claims of other districts from queueing behind it.
         self._publish_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-pub")
@@ -121,6 +127,9 @@ class EpochService:
         self._finished = FinishedFiles()
         self._dirty: defaultdict[str, set[str | None]] = defaultdict(set)
         self._wake = asyncio.Event()
+        # One evaluation at a time per district, districts side by side: one district's
+        # slow look (hashing a big file) never holds up another's.
+        self._evaluating: dict[str, asyncio.Task[None]] = {}
         self._queues: defaultdict[str, set[str]] = defaultdict(set)
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._sessions: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
@@ -179,12 +188,14 @@ class EpochService:
         """Stop looking for new work; let a running processor finish; leave the rest to the
         next start (the ledger and the file layout make that exact)."""
         self._stopping = True
+        self._stop_hashing.set()
         if self._observer is not None:
             self._observer.stop()
             await self._io(self._observer.join, 5)
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._evaluating.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._processing:
             self.log.info("epochs.draining", running=len(self._processing))
             await asyncio.gather(*self._processing, return_exceptions=True)
@@ -195,6 +206,7 @@ class EpochService:
         self._process_pool.shutdown(wait=True)
         await self._io(self.runner.shutdown)
         self._publish_pool.shutdown(wait=True)
+        self._hash_pool.shutdown(wait=True)
         self._io_pool.shutdown(wait=True)
 
     def archive_twin(self, path: Path, st: os.stat_result) -> bool:
@@ -296,23 +308,38 @@ class EpochService:
             await asyncio.sleep(self.settings.reconcile_interval)
 
     async def _evaluator(self) -> None:
+        """Start a look at each district with something new, unless one is running: that
+        district's new targets wait for it (and wake this loop when it ends)."""
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            dirty, self._dirty = self._dirty, defaultdict(set)
-            for district, targets in dirty.items():
-                try:
-                    if None in targets:
-                        targets |= await self._look_at_upload(district)
-                    for epoch in sorted(t for t in targets if t is not None):
-                        await self._look_at_epoch(district, epoch)
-                except Exception as exc:  # one district's trouble must not stop the others
-                    self.log.error(
-                        "epoch.scan_failed",
-                        district=district,
-                        error=repr(exc),
-                        traceback=traceback.format_exc(),
-                    )
+            for district in [d for d in self._dirty if d not in self._evaluating]:
+                targets = self._dirty.pop(district)
+                task = loop.create_task(self._evaluate(district, targets))
+                self._evaluating[district] = task
+                task.add_done_callback(functools.partial(self._evaluated, district))
+
+    def _evaluated(self, district: str, _task: asyncio.Task[None]) -> None:
+        del self._evaluating[district]
+        if self._dirty.get(district):
+            self._wake.set()
+
+    async def _evaluate(self, district: str, targets: set[str | None]) -> None:
+        try:
+            if None in targets:
+                targets |= await self._look_at_upload(district)
+            for epoch in sorted(t for t in targets if t is not None):
+                await self._look_at_epoch(district, epoch)
+        except epoch_files.HashingStopped:
+            return  # shutting down: the next start looks again
+        except Exception as exc:  # one district's trouble must not stop the others
+            self.log.error(
+                "epoch.scan_failed",
+                district=district,
+                error=repr(exc),
+                traceback=traceback.format_exc(),
+            )
 
     def _upload_dir(self, district: str) -> Path:
         return self.districts_dir / district / UPLOAD
@@ -501,7 +528,7 @@ class EpochService:
                 self.mark_dirty(district, name)
                 return
             infos, inserted = await self._io(
-                self._receive_blocking, district, name, origin, verdict, known
+                self._receive_blocking, district, name, origin, verdict, known, pool=self._hash_pool
             )
         except BaseException:
             self.registry.submitted[district].discard(name)
@@ -537,11 +564,13 @@ class EpochService:
         infos = []
         for f in verdict.files:
             finished = known.get(f.path)
-            digest = (
-                finished[1]
-                if finished and finished[0] == f.size and finished[1]
-                else (epoch_files.sha256_file(f.path))
-            )
+            if finished and finished[0] == f.size and finished[1]:
+                digest = finished[1]
+            else:
+                self.log.info(
+                    "epoch.hashing", district=district, epoch=name, file=f.name, size=f.size
+                )
+                digest = epoch_files.sha256_file(f.path, self._stop_hashing)
             infos.append(FileInfo(f.name, f.size, digest))
         inserted = self.ledger.receive(district, name, origin, infos, list(verdict.warnings))
         return infos, inserted

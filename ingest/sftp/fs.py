@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -30,6 +31,7 @@ from asyncssh import SFTPAttrs, SFTPName, SFTPVFSAttrs
 
 from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
+from ingest.sftp.budget import BufferBudget
 from ingest.sftp.events import (
     OpenUpload,
     PathRenamed,
@@ -43,7 +45,7 @@ from ingest.sftp.events import (
 )
 from ingest.sftp.paths import UPLOAD, Access, Chroot, Denied, Resolved
 from ingest.sftp.storage import Refusal, Storage
-from ingest.sftp.writer import FileWriter
+from ingest.sftp.writer import DigestAborted, FileWriter
 
 FILE_MODE = 0o640  # chosen by the server; client-requested permissions are ignored
 DIR_MODE = 0o750
@@ -67,6 +69,7 @@ class SessionState:
     bytes_in: int = 0
     bytes_out: int = 0
     handles: int = 0  # open now, in all of the connection's SFTP sessions
+    budget_waited: bool = False  # a write waited for the server's buffer budget
 
 
 @dataclass
@@ -76,6 +79,10 @@ class SFTPRuntime:
 
     executor: Executor  # blocking file system calls
     hash_executor: Executor  # low-priority background hashing (writer.StreamDigest)
+    # Digests finished after the client's close was answered: never on ``executor``, so
+    # one district's big files cannot hold up another district's file I/O.
+    digest_executor: Executor
+    budget: BufferBudget  # upload bytes held in memory, all handles together
     events: SFTPEventHandler
     policy: UploadPolicy
     uploads: UploadRegistry
@@ -90,6 +97,8 @@ class SFTPRuntime:
     uploads_refused: Denied | None = None
     # Digests finishing after the client's close was answered; referenced so they run on.
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Set at the end of a shutdown: every hashing job stops within a chunk.
+    stop_hashing: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(eq=False)
@@ -284,6 +293,8 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             self._runtime.executor,
             self._runtime.hash_executor,
             admit=storage.check_free_space,
+            budget=self._runtime.budget,
+            abort_hashing=self._runtime.stop_hashing,
         )
         self._log.info("upload.started", path=resolved.virtual)
         self._runtime.events.handle_sftp_event(
@@ -307,6 +318,9 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         # Queued data is written on abort too: a partial file is what a client resumes
         # from. Small files are hashed and closed in the same worker-thread hop.
         end = await self._io(_finish_writes, writer, explicit, self._runtime.journal, upload)
+        if isinstance(end.error, Refusal) and end.error.code == "file_has_holes":
+            self._upload_aborted(upload, virtual, writer, duration, end.error.code, True)
+            raise self._refuse(end.error, virtual)
         if end.error is not None:
             written = isinstance(end.error, OSError)
             reason = "write_error" if written else "journal_error"
@@ -340,7 +354,14 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         self, upload: OpenUpload, virtual: str, writer: FileWriter, duration: float, size: int
     ) -> None:
         try:
-            digest = await self._io(_digest_and_close, writer, size)
+            digest = await asyncio.get_running_loop().run_in_executor(
+                self._runtime.digest_executor, _digest_and_close, writer, size
+            )
+        except DigestAborted:
+            # The file is whole (the journal says so) but not announced: the epoch scan
+            # hashes it after the restart.
+            self._upload_aborted(upload, virtual, writer, duration, "server_shutdown", False)
+            return
         except OSError as error:
             self._upload_aborted(upload, virtual, writer, duration, "read_error", True, error)
             return
@@ -437,7 +458,13 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
                 self._runtime.storage.grow(self._session.district, end - handle.high)
                 handle.high = end
             self._session.bytes_in += len(data)
-            await handle.writer.write(offset, data)
+            if await handle.writer.write(offset, data) and not self._session.budget_waited:
+                self._session.budget_waited = True  # once per connection: it is backpressure
+                self._log.warning(
+                    "limit.reached",
+                    limit="max_buffered_upload_bytes",
+                    value=self._runtime.budget.limit,
+                )
         except Refusal as refusal:
             handle.writer.fail(refusal)  # the close fails too: the file is not whole
             raise self._refuse(refusal, handle.resolved.virtual) from None
@@ -700,6 +727,9 @@ def _finish_writes(
             _best_effort(journal.forget, upload.intent)
         elif not explicit or end.error is not None:
             _best_effort(journal.cut, upload.intent, end.size or writer.bytes_written)
+        elif (holes := _holes(writer.fd, end.size)) is not None:
+            end.error = holes
+            _best_effort(journal.cut, upload.intent, end.size)
         else:
             os.fdatasync(writer.fd)
             _fsync_directory(upload.real_path.parent)
@@ -714,6 +744,26 @@ def _finish_writes(
         if not keep_open:
             os.close(writer.fd)
     return end
+
+
+def _holes(fd: int, size: int) -> Refusal | None:
+    """A file with parts never written (a hole: sparse, from a write past the end or a
+    truncate that grew it) is refused at its close, before anything hashes it: hashing
+    costs time for every byte of its size, while a hole costs its writer nothing. A CSV
+    never has one (it would read as NUL bytes); a client writing parts in parallel has
+    filled them all by its close."""
+    try:
+        first_hole = os.lseek(fd, 0, os.SEEK_HOLE)
+    except OSError:  # the file system cannot tell: nothing to refuse
+        return None
+    if first_hole >= size:
+        return None
+    return Refusal(
+        "file_has_holes",
+        f"bytes {first_hole} and on were never written (the file has a gap: a write past "
+        "its end, or a truncate that made it larger); upload the whole file again, "
+        "from start to end",
+    )
 
 
 def _open_one_name(path: Path, flags: int, own_link: Callable[[Path, os.stat_result], bool]) -> int:

@@ -27,6 +27,7 @@ from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
 from ingest.sftp.admission import Admission
 from ingest.sftp.authgate import AuthGate
+from ingest.sftp.budget import BufferBudget
 from ingest.sftp.defender import Defender, address_in, networks
 from ingest.sftp.events import (
     SessionClosed,
@@ -148,6 +149,10 @@ class SFTPService:
             hash_executor=ThreadPoolExecutor(
                 max_workers=2, thread_name_prefix="sftp-hash", initializer=lower_thread_priority
             ),
+            digest_executor=ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix="sftp-digest", initializer=lower_thread_priority
+            ),
+            budget=BufferBudget(settings.max_buffered_upload_bytes),
             events=events,
             policy=policy,
             uploads=uploads,
@@ -238,11 +243,15 @@ class SFTPService:
         waiters = [c.closed.wait() for c in list(self.connections)]
         if waiters:
             await asyncio.wait_for(asyncio.gather(*waiters), timeout=10)
+        # Digests still running after the grace stop within a chunk (the epoch scan hashes
+        # those files after the restart): a shutdown never waits for gigabytes of them.
+        self.runtime.stop_hashing.set()
         # asyncssh closes the handles of a dead session in the session's own task, after
         # the connection is gone; wait for that so every upload gets its aborted event.
         await asyncio.wait_for(self.uploads.wait_empty(), timeout=10)
         self.runtime.executor.shutdown(wait=True)
         self.runtime.hash_executor.shutdown(wait=True)
+        self.runtime.digest_executor.shutdown(wait=True)
         self.auth.shutdown()
 
 

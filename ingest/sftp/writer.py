@@ -10,7 +10,9 @@ within a second even when the client pauses or sends slowly. After each drain th
 is asked to start writing those pages to disk (``sync_file_range``): the close syncs the
 file before it is recorded whole, and a file whose writeback started as it arrived leaves
 that sync (and everyone else's syncs queued behind it) little to do. Backpressure: past
-``max_pending`` queued bytes the session waits for the disk, and only that session does.
+``max_pending`` queued bytes the session waits for the disk, and only that session does;
+every queued byte is also taken from the server's one :class:`~ingest.sftp.budget.BufferBudget`
+and given back once it is on the file, so that many handles together stay bounded too.
 A write error is reported on the next write, flush or close of the handle, like a
 write-back cache; :meth:`FileWriter.flush` runs before anything that must see the data on
 disk (fstat, read, fsync).
@@ -20,7 +22,9 @@ low-priority worker hashes the written prefix from the page cache as it grows, a
 ``BACKGROUND_HASH_RATE``, which keeps pace with any WAN upload; whatever a faster upload
 left unhashed is hashed after the client's close has been answered (bench/upload.py shows
 why: on a loaded machine, hashing at full speed during the transfer costs throughput).
-Memory stays bounded whatever the file size: nothing is kept but the page cache.
+Memory stays bounded whatever the file size: nothing is kept but the page cache. Hashing
+stops at once when the server shuts down (``abort``): a digest left unfinished is computed
+again from the file after the restart, and a shutdown never waits for gigabytes of it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
+
+from ingest.sftp.budget import BufferBudget
 
 DEFAULT_BATCH = 4 * 1024 * 1024
 DEFAULT_MAX_PENDING = 8 * 1024 * 1024
@@ -67,18 +73,26 @@ def lower_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
+class DigestAborted(OSError):
+    """Hashing was stopped because the server is shutting down."""
+
+
 class StreamDigest:
     """SHA-256 of a file written front to back, hashed from the page cache as it grows.
 
     The writer reports each completed write with :meth:`written`. While the writes are
     sequential from offset 0, a background job on ``executor`` hashes the newly written
     prefix; anything else (resume at an offset, random access) makes :meth:`hexdigest`
-    hash the whole file once at the end instead.
+    hash the whole file once at the end instead. Once ``abort`` is set, any hashing stops
+    within a chunk and :meth:`hexdigest` raises :class:`DigestAborted`.
     """
 
-    def __init__(self, fd: int, executor: Executor | None) -> None:
+    def __init__(
+        self, fd: int, executor: Executor | None, abort: threading.Event | None = None
+    ) -> None:
         self._fd = fd
         self._executor = executor
+        self._abort = abort
         self._lock = threading.Lock()  # guards _written_to, _sequential, _running, _final
         self._hash_lock = threading.Lock()  # one hasher at a time; guards the hash state
         self._hash = hashlib.sha256()
@@ -127,6 +141,7 @@ class StreamDigest:
                     stop = background and self._final  # the final caller takes over
                 if stop or target <= self._hashed_to:
                     return
+                self._check_abort()
                 chunk = os.pread(
                     self._fd, min(_HASH_CHUNK, target - self._hashed_to), self._hashed_to
                 )
@@ -147,9 +162,14 @@ class StreamDigest:
         rehash = hashlib.sha256()
         offset = 0
         while offset < size and (chunk := os.pread(self._fd, _HASH_CHUNK, offset)):
+            self._check_abort()
             rehash.update(chunk)
             offset += len(chunk)
         return rehash.hexdigest()
+
+    def _check_abort(self) -> None:
+        if self._abort is not None and self._abort.is_set():
+            raise DigestAborted("hashing stopped: the server is shutting down")
 
 
 class FileWriter:
@@ -164,11 +184,15 @@ class FileWriter:
         max_pending: int = DEFAULT_MAX_PENDING,
         flush_after: float = DEFAULT_FLUSH_AFTER,
         admit: Callable[[], None] | None = None,
+        budget: BufferBudget | None = None,
+        abort_hashing: threading.Event | None = None,
     ) -> None:
         """``admit``: called in the worker thread before each batch reaches the file; an
-        OSError it raises fails the handle like a write error (e.g. the disk's reserve)."""
+        OSError it raises fails the handle like a write error (e.g. the disk's reserve).
+        ``budget``: the server's bound on queued bytes across all handles."""
         self.fd = fd
         self._admit = admit
+        self._budget = budget
         self.bytes_written = 0
         self._executor = executor
         self._batch = batch
@@ -181,10 +205,17 @@ class FileWriter:
         self._running = False  # a drain job owns the queue; guarded by _lock
         self._job: asyncio.Future[None] | None = None
         self._error: OSError | None = None
-        self.digest = StreamDigest(fd, hash_executor)
+        self.digest = StreamDigest(fd, hash_executor, abort_hashing)
 
-    async def write(self, offset: int, data: bytes) -> None:
+    async def write(self, offset: int, data: bytes) -> bool:
+        """Queue a write; True when it had to wait for the server's buffer budget."""
         self._raise_error()
+        waited = self._budget is not None and not self._budget.try_take(len(data))
+        if waited:
+            assert self._budget is not None
+            with self._lock:
+                self._start_locked()  # our own queue goes to the file and back to the budget
+            await self._budget.take(len(data))
         with self._lock:
             self._queue.append((offset, data))
             self._pending_bytes += len(data)
@@ -196,6 +227,7 @@ class FileWriter:
             await self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._flush_after, self._flush_soon)
+        return waited
 
     def _flush_soon(self) -> None:
         """The timer: start a drain for what is queued (a running one takes it anyway)."""
@@ -236,6 +268,8 @@ class FileWriter:
             finally:
                 with self._lock:
                     self._pending_bytes -= len(data)
+                if self._budget is not None:
+                    self._budget.give_back(len(data))
 
     def _pwrite_all(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
