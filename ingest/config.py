@@ -125,6 +125,9 @@ class EpochsConfig:
     # inotify (default) or polling, for NFS/EFS-style shared volumes that inotify misses.
     observer: Literal["inotify", "polling"] = "inotify"
     polling_interval: float = field(default=2.0, metadata=_check(_positive))
+    # inotify watches held at most (each district's upload/ and the epoch folders in it);
+    # a district that would need more, or that the kernel's limit refuses, is polled.
+    max_watches: int = field(default=8192, metadata=_check(_positive))
     # Full scan of every district's upload/ besides the events; also run at startup.
     reconcile_interval: float = field(default=30.0, metadata=_check(_positive))
     # Files that did not arrive through our SFTP server must be unchanged this long.

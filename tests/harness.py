@@ -232,7 +232,10 @@ class Daemon:
                 f"[127.0.0.1]:{self.port} {pub.read_text().strip()}"
                 for pub in sorted((self.data_dir / "keys").glob("*.pub"))
             ]
-            path.write_text("\n".join(lines) + "\n")
+            # Atomically: clients in several threads may ask for it at once.
+            tmp = path.with_name(f"{path.name}.{threading.get_ident()}")
+            tmp.write_text("\n".join(lines) + "\n")
+            tmp.replace(path)
         return path
 
     def host_key_sha256(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import threading
@@ -257,19 +258,25 @@ def test_buffered_upload_bytes_share_one_budget(tmp_path: Path) -> None:
         data = {f"f{n}.csv": bytes([65 + n]) * (3 << 20) for n in range(4)}
         folder = "/upload/20260101-000000"
 
+        errors: list[BaseException] = []
+
         def upload(name: str) -> None:
-            with (
-                paramiko_client(daemon, creds) as client,
-                client.open_sftp().open(f"{folder}/{name}", "wb") as fh,
-            ):
-                fh.set_pipelined(True)
-                fh.write(data[name])
+            try:
+                with (
+                    paramiko_client(daemon, creds) as client,
+                    client.open_sftp().open(f"{folder}/{name}", "wb") as fh,
+                ):
+                    fh.set_pipelined(True)
+                    fh.write(data[name])
+            except BaseException as exc:
+                errors.append(exc)
 
         threads = [threading.Thread(target=upload, args=(name,)) for name in data]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=60)
+        assert not errors
         for name, content in data.items():
             finished = daemon.wait_for(
                 "upload.finished", district=creds.name, path=f"{folder}/{name}"
@@ -522,3 +529,83 @@ def test_sigterm_while_hashing_exits_promptly(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5 + 5  # the grace (5 s in tests), and a little
         assert daemon.events("server.stopped")
         assert not daemon.events("server.failed")
+
+
+def inotify_watches(pid: int) -> int:
+    """The inotify watches a process holds, as the kernel counts them."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == "anon_inode:inotify":
+                info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+                count += sum(line.startswith("inotify wd:") for line in info.splitlines())
+    return count
+
+
+def test_processed_epochs_are_not_watched(tmp_path: Path) -> None:
+    """Only upload/ trees are watched: the count does not grow with every published
+    epoch (upload-processed/ was watched recursively before)."""
+    with run_daemon(tmp_path, **FAST_EPOCHS) as daemon:
+        creds = daemon.add_district()
+        with paramiko_client(daemon, creds) as client:
+            client.open_sftp().listdir("/")
+        pid = daemon.proc.pid
+        daemon.wait_until(lambda: inotify_watches(pid) >= 3, "the district's watches")
+        before = inotify_watches(pid)  # the root, upload/ and its work epoch folder
+        for n in range(4):
+            epoch = f"20260102-00000{n}"
+            with paramiko_client(daemon, creds) as client:
+                sftp = client.open_sftp()
+                sftp.mkdir(f"/upload/{epoch}")
+                with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
+                    fh.write(b"Email,First Name,Last Name\na@example.org,A,B\n")
+                with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
+                    pass
+            daemon.wait_for("epoch.published", district=creds.name, epoch=epoch)
+        processed = daemon.root(creds.name) / "upload-processed"
+        assert len([p for p in processed.iterdir() if p.is_dir()]) == 4
+        daemon.wait_until(lambda: inotify_watches(pid) == before, "the epochs' watches gone")
+
+
+def test_a_district_without_a_watch_is_polled(tmp_path: Path) -> None:
+    """Past epochs.max_watches (as past the kernel's limit) a district is logged and
+    polled: an epoch written straight to its folder is still found, long before the
+    reconcile scan."""
+    settings = {
+        **FAST_EPOCHS,
+        "epochs_reconcile_interval": 600,
+        "epochs_max_watches": 3,  # the root, and one district's upload/ and work epoch
+        "epochs_polling_interval": 0.5,
+    }
+    with run_daemon(tmp_path, **settings) as daemon:
+        watched = daemon.add_district()
+        daemon.wait_until(lambda: inotify_watches(daemon.proc.pid) == 3, "the first district")
+        polled = daemon.add_district()
+        failed = daemon.wait_for("observer.watch_failed", district=polled.name)
+        assert failed["fallback"] == "polling" and "max_watches" in failed["error"]
+        assert not daemon.events("observer.watch_failed", district=watched.name)
+        epoch = daemon.root(polled.name) / "upload/20260102-000000"
+        epoch.mkdir()
+        (epoch / "users.csv").write_bytes(b"Email,First Name,Last Name\na@example.org,A,B\n")
+        (epoch / "COMPLETE").touch()
+        daemon.wait_for("epoch.ready", district=polled.name, epoch=epoch.name, timeout=30)
+
+
+def test_listings_show_the_district_as_owner(daemon: Daemon) -> None:
+    """Not the server's account names or ids (the daemon's own user)."""
+    creds = daemon.add_district()
+    with paramiko_client(daemon, creds) as client:
+        sftp = client.open_sftp()
+        with sftp.open("/upload/20260101-000000/users.csv", "wb") as fh:
+            fh.write(b"Email\n")
+        attrs = sftp.stat("/upload/20260101-000000/users.csv")
+        assert (attrs.st_uid, attrs.st_gid) == (1000, 1000)
+    listing = sftp_batch(daemon, creds, "ls -l /upload/20260101-000000\nls -l /").stdout
+    rows = [line.split() for line in listing.splitlines() if line[:1] in ("-", "d")]
+    assert len(rows) >= 3  # users.csv, upload, upload-processed
+    for row in rows:
+        assert row[2:4] == [creds.name, creds.name], row
+    numeric = sftp_batch(daemon, creds, "ls -ln /upload/20260101-000000").stdout
+    assert [line.split()[2:4] for line in numeric.splitlines() if line[:1] == "-"] == [
+        ["1000", "1000"]
+    ]

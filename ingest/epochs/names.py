@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 MARKER = "COMPLETE"
+UPLOAD = "upload"  # a district's writable folder, where epochs arrive
+PROCESSED = "upload-processed"  # where processed epochs and their reports go
 EPOCH_FORMAT = "YYYYMMDD-HHMMSS"
 _EPOCH = re.compile(r"^(\d{8})-(\d\d)(\d\d)(\d\d)$")
 # How a district produces an epoch name: the current time in UTC.

@@ -30,11 +30,11 @@ from ingest.epochs import files as epoch_files
 from ingest.epochs.handoff import ClaimedEpoch, FileInfo, Finding, Outcome
 from ingest.epochs.isolation import ProcessorDied, ProcessorRunner
 from ingest.epochs.ledger import EpochRecord, Ledger
-from ingest.epochs.names import MARKER
+from ingest.epochs.names import MARKER, PROCESSED, UPLOAD
 from ingest.epochs.policy import EpochPolicy, EpochRegistry
 from ingest.epochs.reports import render_errors_csv, render_json, render_text
 from ingest.epochs.scan import Verdict, judge_epoch, list_upload, read_epoch
-from ingest.epochs.watcher import start_observer
+from ingest.epochs.watcher import UploadWatcher
 from ingest.logging import get_logger
 from ingest.sftp import (
     PathRenamed,
@@ -50,8 +50,6 @@ from ingest.store.db import Database
 T = TypeVar("T")
 # A change admitted by the SFTP layer while an epoch was being judged: look again after.
 CHANGE_RECHECK = 0.2
-UPLOAD = "upload"
-PROCESSED = "upload-processed"
 
 
 class FinishedFiles:
@@ -143,7 +141,7 @@ class EpochService:
         self._publishing: set[asyncio.Task[None]] = set()
         self._processing: set[asyncio.Task[bool]] = set()  # running processors
         self._in_flight: set[tuple[str, str]] = set()  # queued, processing or publishing
-        self._observer: Any = None
+        self._watcher: UploadWatcher | None = None
         self._stopping = False
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -168,14 +166,19 @@ class EpochService:
         if recovered:
             self.log.warning("epoch.recovered", epochs=recovered)
         loop = asyncio.get_running_loop()
-        self._observer = await self._io(
-            start_observer,
+        self._watcher = UploadWatcher(
             self.districts_dir,
             loop,
             self._fs_event,
-            self.settings.observer == "polling",
-            self.settings.polling_interval,
+            polling=self.settings.observer == "polling",
+            interval=self.settings.polling_interval,
+            max_watches=self.settings.max_watches,
+            on_failure=self._watch_failed,
+            on_new_district=self._new_district,
         )
+        await self._io(self._watcher.start)
+        for district_dir in await self._io(self._district_dirs):
+            await self._io(self._watcher.watch_district, district_dir.name)
         self._tasks = [loop.create_task(self._evaluator()), loop.create_task(self._reconciler())]
 
     def stop_starting(self) -> None:
@@ -189,9 +192,8 @@ class EpochService:
         next start (the ledger and the file layout make that exact)."""
         self._stopping = True
         self._stop_hashing.set()
-        if self._observer is not None:
-            self._observer.stop()
-            await self._io(self._observer.join, 5)
+        if self._watcher is not None:
+            await self._io(self._watcher.stop, 5)
         tasks = [*self._tasks, *self._evaluating.values()]
         for task in tasks:
             task.cancel()
@@ -219,6 +221,23 @@ class EpochService:
         except (ValueError, OSError):
             return False
         return zone == PROCESSED and (twin.st_dev, twin.st_ino) == (st.st_dev, st.st_ino)
+
+    def _new_district(self, district: str) -> None:
+        if self._watcher is not None:
+            asyncio.get_running_loop().run_in_executor(
+                self._io_pool, self._watcher.watch_district, district
+            )
+        self.mark_dirty(district, None)
+
+    def _watch_failed(self, district: str, error: str) -> None:
+        """Worker thread (the watcher): the district is polled from now on."""
+        self.log.warning(
+            "observer.watch_failed",
+            district=district,
+            error=error,
+            fallback="polling",
+            interval=self.settings.polling_interval,
+        )
 
     def _district_dirs(self) -> list[Path]:
         root = self.districts_dir
@@ -284,6 +303,10 @@ class EpochService:
         district, rest = parts[0], parts[2:]
         if is_directory and len(rest) == 1:
             self.mark_dirty(district, rest[0])  # an epoch directory appeared or moved
+            if self._watcher is not None:
+                asyncio.get_running_loop().run_in_executor(
+                    self._io_pool, self._watcher.watch_epoch, district, rest[0]
+                )
         else:
             self._touched(district, "/" + "/".join(parts[1:]))
 
@@ -299,6 +322,8 @@ class EpochService:
         while True:
             for district_dir in await self._io(self._district_dirs):
                 self.mark_dirty(district_dir.name, None)
+                if self._watcher is not None:  # new districts; epochs that left upload/
+                    await self._io(self._watcher.watch_district, district_dir.name)
             for record in await self._io(self.ledger.pending):
                 self.registry.submitted[record.district].add(record.name)
                 self.registry.known[record.district].add(record.name)
@@ -783,6 +808,8 @@ class EpochService:
             render_errors_csv(record),
         )
         self.ledger.mark_published(district, name)
+        if self._watcher is not None:
+            self._watcher.forget_epoch(district, name)
         return record, target
 
     async def _publish_when_idle(self, district: str, name: str) -> None:

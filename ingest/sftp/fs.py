@@ -49,6 +49,7 @@ from ingest.sftp.writer import DigestAborted, FileWriter
 
 FILE_MODE = 0o640  # chosen by the server; client-requested permissions are ignored
 DIR_MODE = 0o750
+DISTRICT_ID = 1000  # the uid and gid every file shows (the server's own are not shown)
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
 
 T = TypeVar("T")
@@ -470,11 +471,11 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             raise self._refuse(refusal, handle.resolved.virtual) from None
         return len(data)
 
-    async def fstat(self, file_obj: object) -> os.stat_result:
+    async def fstat(self, file_obj: object) -> SFTPAttrs:
         handle = _as_handle(file_obj)
         if handle.writer is not None:
             await handle.writer.flush()
-        return await self._io(os.fstat, handle.fd)
+        return self._attrs(await self._io(os.fstat, handle.fd))
 
     async def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
         # Clients (WinSCP, FileZilla, rclone) set times and permissions after an upload;
@@ -502,12 +503,12 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     # --- paths -----------------------------------------------------------------------
 
-    async def stat(self, path: bytes) -> os.stat_result:
+    async def stat(self, path: bytes) -> SFTPAttrs:
         # Paths through links are refused, so stat never has a link to follow.
-        return (await self._on_path("stat", path, Access.READ, os.lstat))[1]
+        return self._attrs((await self._on_path("stat", path, Access.READ, os.lstat))[1])
 
-    async def lstat(self, path: bytes) -> os.stat_result:
-        return (await self._on_path("lstat", path, Access.READ, os.lstat))[1]
+    async def lstat(self, path: bytes) -> SFTPAttrs:
+        return self._attrs((await self._on_path("lstat", path, Access.READ, os.lstat))[1])
 
     async def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         # Times, permissions and ownership are accepted and ignored (see fsetstat); a
@@ -528,7 +529,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
         _, entries = await self._on_path("opendir", path, Access.READ, _list_dir)
         for name, stat_result in entries:
-            yield SFTPName(name, attrs=SFTPAttrs.from_local(stat_result))
+            yield SFTPName(name, attrs=self._attrs(stat_result))
 
     async def remove(self, path: bytes) -> None:
         uploads, journal = self._runtime.uploads, self._runtime.journal
@@ -677,6 +678,23 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             flag=0,
             namemax=255,
         )
+
+    # --- owners ----------------------------------------------------------------------
+
+    def _attrs(self, st: os.stat_result) -> SFTPAttrs:
+        """A file's attributes as the district sees them: everything in its folder is its
+        own, owned by the district (the server's account names and ids are none of its
+        business)."""
+        attrs = SFTPAttrs.from_local(st)
+        attrs.uid = attrs.gid = DISTRICT_ID
+        attrs.owner = attrs.group = self._session.district
+        return attrs
+
+    def format_user(self, uid: int | None) -> str:
+        return self._session.district  # the owner column of a listing (ls -l)
+
+    def format_group(self, gid: int | None) -> str:
+        return self._session.district
 
     # --- session ---------------------------------------------------------------------
 
