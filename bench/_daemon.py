@@ -38,6 +38,9 @@ class Daemon:
     tail: list[str] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
     log_path: Path | None = None  # every raw line is also kept here (see --keep-tmp)
+    # False: only server.* records are parsed and indexed, the rest just kept in log_path
+    # (a flood of log lines parsed in the measuring process would slow its client down).
+    index_all: bool = True
 
     def start_pump(self) -> None:
         threading.Thread(target=self._pump, daemon=True, name="daemon-logs").start()
@@ -48,6 +51,8 @@ class Daemon:
         for line in self.proc.stdout:
             if sink is not None:
                 sink.write(line)
+            if not self.index_all and '"server.' not in line:
+                continue
             try:
                 record = json.loads(line)
                 record["_ts"] = parse_ts(record["timestamp"])
@@ -106,13 +111,13 @@ class Daemon:
         return records
 
 
-def start_daemon(reg: Registry, work: Path) -> Daemon:
+def start_daemon(reg: Registry, work: Path, index_all: bool = True) -> Daemon:
     data_dir = work / "data"
     data_dir.mkdir(parents=True)
     env = ingest_env(data_dir)  # its four settings are the only ones not at their defaults
     # no config/ingest.toml in work: the embedded defaults apply
     proc = spawn_ingest(reg, work, env)
-    daemon = Daemon(proc, data_dir, env, log_path=work / "daemon.log")
+    daemon = Daemon(proc, data_dir, env, log_path=work / "daemon.log", index_all=index_all)
     daemon.start_pump()
     started = daemon.wait_count("server.started", 1, time.monotonic() + 60)[0]
     daemon.port = int(started["port"])

@@ -74,6 +74,9 @@ class ServerConfig:
     max_connections: int = field(default=256, metadata=_check(_positive))
     max_sessions_per_district: int = field(default=16, metadata=_check(_positive))
     max_auth_attempts: int = field(default=6, metadata=_check(_positive))
+    # Seconds a failed password attempt waits for its answer (OpenSSH's fail delay): a
+    # timer, no CPU; it holds a guesser's connection, slowing a flood to a trickle.
+    auth_failure_delay: float = field(default=2.0, metadata=_check(_non_negative))
     # Connections still in key exchange or authentication (random early drop from half).
     max_unauthenticated: int = field(default=64, metadata=_check(_positive))
     max_unauthenticated_per_source: int = field(default=8, metadata=_check(_positive))

@@ -273,6 +273,8 @@ def run_daemon(workdir: Path, **settings: Any) -> Iterator[Daemon]:
             "INGEST_SERVER_PORT": "0",
             "INGEST_LOGGING_FORMAT": "json",
             "INGEST_SERVER_SHUTDOWN_GRACE": "5",
+            # Tests of wrong passwords would wait for it; the tests of floods set it.
+            "INGEST_SERVER_AUTH_FAILURE_DELAY": "0",
             # A test machine's disk may be nearly full; tests of the reserve set their own.
             "INGEST_STORAGE_MIN_FREE_BYTES": "0",
             "PYTHONUNBUFFERED": "1",

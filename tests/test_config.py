@@ -85,7 +85,7 @@ def test_a_librarys_repeated_records_are_held_back_with_a_count() -> None:
     import time
 
     from ingest.config import LoggingConfig
-    from ingest.logging import RepeatFilter, configure_logging, get_logger
+    from ingest.logging import RepeatFilter, configure_logging, flush_logs, get_logger
 
     out = io.StringIO()
     configure_logging(LoggingConfig(format="json"), stream=out)
@@ -100,6 +100,7 @@ def test_a_librarys_repeated_records_are_held_back_with_a_count() -> None:
     library.warning("something else")
     time.sleep(0.25)  # past the window: the next one passes, with the count
     library.warning("Connection lost while writing")
+    flush_logs()  # lines are written by a thread of their own
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     lib = [(r["message"], r.get("repeated")) for r in lines if r["event"] == "lib.log"]
     assert lib == [

@@ -308,7 +308,9 @@ def test_disk_space_shown_is_the_districts_own_quota(daemon: Daemon) -> None:
 
 
 def test_a_password_flood_never_keeps_a_known_district_waiting(tmp_path: Path) -> None:
-    with run_daemon(tmp_path, server_max_password_checks_waiting=4) as daemon:
+    with run_daemon(
+        tmp_path, server_max_password_checks_waiting=4, server_auth_failure_delay=1
+    ) as daemon:
         creds = daemon.add_district()
         with paramiko_client(daemon, creds, password=creds.password, use_key=False):
             pass  # the district's address is known from now on
@@ -609,3 +611,19 @@ def test_listings_show_the_district_as_owner(daemon: Daemon) -> None:
     assert [line.split()[2:4] for line in numeric.splitlines() if line[:1] == "-"] == [
         ["1000", "1000"]
     ]
+
+
+def test_a_failed_password_is_answered_only_after_the_failure_delay(tmp_path: Path) -> None:
+    """OpenSSH's fail delay: a timer that holds the guesser, not the server's CPU; every
+    failure alike, so the delay tells nothing about why it failed."""
+    with run_daemon(tmp_path, server_auth_failure_delay=1.5) as daemon:
+        creds = daemon.add_district()
+        for user in (creds.name, "no-such-district"):
+            with contextlib.closing(transport_from(daemon, "127.0.0.2")) as transport:
+                started = time.monotonic()
+                with pytest.raises(paramiko.AuthenticationException):
+                    transport.auth_password(user, "not-the-password-123")
+                assert time.monotonic() - started >= 1.5, user
+        started = time.monotonic()
+        with paramiko_client(daemon, creds, password=creds.password, use_key=False):
+            assert time.monotonic() - started < 1.5  # a right one is not held

@@ -5,7 +5,9 @@ a flood of guesses can keep every core busy, and anyone can send one. The checks
 their own small thread pool, never on the file I/O threads, and:
 
 - strangers' checks wait in a bounded queue (``max_waiting``); past it an attempt fails
-  at once as ``server_busy`` without costing a hash;
+  at once as ``server_busy`` without costing a hash; they run at a lower CPU priority,
+  so that a flood of them takes only the CPU the event loop (every district's sessions)
+  leaves over;
 - an address that logged in successfully before (see ``admission.py``) has a thread of
   its own, so a district the server knows is never queued behind strangers;
 - public-key logins only look keys up in the database, on threads of their own: they
@@ -19,6 +21,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from ingest.sftp.writer import lower_thread_priority
+
 T = TypeVar("T")
 BUSY = "server_busy"
 
@@ -26,7 +30,9 @@ BUSY = "server_busy"
 class AuthGate:
     def __init__(self, max_waiting: int, workers: int = 2) -> None:
         self.max_waiting = max_waiting
-        self._strangers = ThreadPoolExecutor(workers, thread_name_prefix="auth")
+        self._strangers = ThreadPoolExecutor(
+            workers, thread_name_prefix="auth", initializer=lower_thread_priority
+        )
         self._known = ThreadPoolExecutor(1, thread_name_prefix="auth-known")
         self._lookups = ThreadPoolExecutor(2, thread_name_prefix="auth-keys")
         self._waiting = 0  # strangers' checks queued or running

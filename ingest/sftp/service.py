@@ -26,7 +26,7 @@ from ingest.config import ServerConfig
 from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
 from ingest.sftp.admission import Admission
-from ingest.sftp.authgate import AuthGate
+from ingest.sftp.authgate import BUSY, AuthGate
 from ingest.sftp.budget import BufferBudget
 from ingest.sftp.defender import Defender, address_in, networks
 from ingest.sftp.events import (
@@ -401,18 +401,20 @@ class DistrictConnection(asyncssh.SSHServer):
         if self._banned_meanwhile():
             return False
         if not self._source_allowed:  # no hash for an address the district never uses
-            self._auth_failed("password", "source_not_allowed")
-            return False
-        failure = await service.auth.check_password(
-            service.districts.check_password,
-            username,
-            password,
-            known=service.admission.trusted(self.source),
-        )
+            failure: str | None = "source_not_allowed"
+        else:
+            failure = await service.auth.check_password(
+                service.districts.check_password,
+                username,
+                password,
+                known=service.admission.trusted(self.source),
+            )
         if failure is None:
             self.auth_method = "password"
             return True
         self._auth_failed("password", failure)
+        # Every failure alike (no hint which it was): the guesser waits, the loop does not.
+        await asyncio.sleep(service.settings.auth_failure_delay)
         return False
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
@@ -447,7 +449,9 @@ class DistrictConnection(asyncssh.SSHServer):
                 self._unknown_scored = True
                 defender.offence(self.source, "unknown_district", reason)
         elif reason == "source_not_allowed" or (
-            method == "password" and reason in ("wrong_password", "password_not_set")
+            # server_busy too: a stranger's guess the server had no time to check is a
+            # guess all the same (a flood must reach the ban, not just the queue's end).
+            method == "password" and reason in ("wrong_password", "password_not_set", BUSY)
         ):
             defender.offence(self.source, "wrong_credentials", reason)
         elif reason in ("unknown_key", "no_keys"):
