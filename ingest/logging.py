@@ -14,6 +14,7 @@ the event loop's time under a password flood. The queue between is bounded
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import logging.handlers
 import queue
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import structlog
@@ -60,10 +62,13 @@ class RepeatFilter(logging.Filter):
     were held back. Our own events are never held back. Remembers ``keep`` texts at most.
     """
 
-    def __init__(self, window: float = 10.0, keep: int = 1000) -> None:
+    def __init__(
+        self, window: float = 10.0, keep: int = 1000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self.window = window
         self.keep = keep
+        self._clock = clock
         self._seen: OrderedDict[tuple[str, int, str], list[float]] = OrderedDict()
         self._lock = threading.Lock()  # handlers filter outside their own lock
 
@@ -71,7 +76,7 @@ class RepeatFilter(logging.Filter):
         if record.name == "ingest" or record.name.startswith("ingest."):
             return True
         key = (record.name, record.levelno, record.getMessage())
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             seen = self._seen.get(key)
             if seen is not None and now - seen[0] < self.window:
@@ -116,7 +121,8 @@ class _Writer:
 
     def flush(self) -> None:
         self.queue.join()  # every record taken and handled
-        self.handler.flush()
+        with contextlib.suppress(ValueError, OSError):  # the stream is closed already
+            self.handler.flush()
 
     def stop(self) -> None:
         self.listener.stop()  # handles what is queued first

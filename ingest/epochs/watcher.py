@@ -136,16 +136,19 @@ class UploadWatcher:
         self._polled: set[str] = set()
 
     def start(self) -> None:
-        if not self._polling_only:
-            self._inotify = Observer()
-            self._inotify.daemon = True
-            self._inotify.start()
-            self._inotify.schedule(
-                self._new_districts,
-                str(self.root),
-                recursive=False,
-                event_filter=[DirCreatedEvent, DirMovedEvent],
-            )
+        observer: BaseObserver
+        if self._polling_only:
+            observer = self._poller = PollingObserver(timeout=self._interval)
+        else:
+            observer = self._inotify = Observer()
+        observer.daemon = True
+        observer.start()
+        observer.schedule(
+            self._new_districts,
+            str(self.root),
+            recursive=False,
+            event_filter=[DirCreatedEvent, DirMovedEvent],
+        )
 
     def stop(self, timeout: float) -> None:
         for observer in (self._inotify, self._poller):
