@@ -1,18 +1,17 @@
-"""The epoch layer: find ready epochs, hand each to the processor exactly once, publish.
+"""The epoch layer: find ready epochs and hand each to the pipeline exactly once.
 
 Signals that something may have changed come from three sources, all reduced to "look at
 district D (epoch E) again": the SFTP layer's events (fast path), a watchdog observer
-(files that arrive by other means), and a periodic reconcile scan (lost events, startup).
-A look runs :func:`~ingest.epochs.scan.judge_epoch` on a fresh listing; a ready epoch is
-recorded in the ledger and queued. Each district has one worker that processes its queue
-in name order: claim (ledger) -> archive copy -> processor + final state in one
-transaction -> publish to ``/upload-processed/`` once the uploading sessions are gone.
+(files that arrive by other means, :mod:`~ingest.epochs.watcher`), and a periodic
+reconcile scan (lost events, startup). Each district is looked at by one task at a time,
+districts side by side. A look runs :func:`~ingest.epochs.scan.judge_epoch` on a fresh
+listing; a ready epoch is frozen, recorded in the ledger as ``received`` and handed to
+:class:`~ingest.epochs.pipeline.EpochPipeline`, which processes and publishes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import threading
@@ -27,12 +26,11 @@ from typing import Any, TypeVar
 
 from ingest.config import Config
 from ingest.epochs import files as epoch_files
-from ingest.epochs.handoff import ClaimedEpoch, FileInfo, Finding, Outcome
-from ingest.epochs.isolation import ProcessorDied, ProcessorRunner
-from ingest.epochs.ledger import EpochRecord, Ledger
+from ingest.epochs.handoff import FileInfo
+from ingest.epochs.ledger import Ledger
 from ingest.epochs.names import MARKER, PROCESSED, UPLOAD
+from ingest.epochs.pipeline import EpochPipeline
 from ingest.epochs.policy import EpochPolicy, EpochRegistry
-from ingest.epochs.reports import render_errors_csv, render_json, render_text
 from ingest.epochs.scan import Verdict, judge_epoch, list_upload, read_epoch
 from ingest.epochs.watcher import UploadWatcher
 from ingest.logging import get_logger
@@ -102,8 +100,6 @@ class EpochService:
         self.archive_dir = Path(os.path.realpath(config.archive_dir))
         self.staging_dir = Path(os.path.realpath(config.staging_dir))
         self.ledger = Ledger(database)
-        self.database = database
-        self.runner = ProcessorRunner(config, database, self.ledger)
         # Shared with the SFTP layer: what is open for writing, what was cut off.
         self.uploads = uploads
         self.log = get_logger("ingest.epochs")
@@ -116,33 +112,28 @@ class EpochService:
         # seconds per GiB, so never in the pool that lists every district's folders.
         self._hash_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-hash")
         self._stop_hashing = threading.Event()  # set by stop(): hashing ends within a chunk
-        # Publishing comes in bursts (a session that uploaded many epochs closes); its own
-        # threads keep detection and claims of other districts from queueing behind it.
-        self._publish_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-pub")
-        # Threads that wait for the processor (in a child process by default, see
-        # isolation.py); their own pool keeps file scans from queueing behind them.
-        self._process_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-proc")
+        self.pipeline = EpochPipeline(
+            config,
+            database,
+            self.ledger,
+            districts_dir=self.districts_dir,
+            archive_dir=self.archive_dir,
+            io_pool=self._io_pool,
+            on_published=self._published,
+        )
         self._finished = FinishedFiles()
         self._dirty: defaultdict[str, set[str | None]] = defaultdict(set)
         self._wake = asyncio.Event()
         # One evaluation at a time per district, districts side by side: one district's
         # slow look (hashing a big file) never holds up another's.
         self._evaluating: dict[str, asyncio.Task[None]] = {}
-        self._queues: defaultdict[str, set[str]] = defaultdict(set)
-        self._workers: dict[str, asyncio.Task[None]] = {}
-        self._sessions: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
-        self._sessions_gone: dict[tuple[str, str], asyncio.Event] = {}
         self._noticed: set[tuple[str, str, str]] = set()  # (district, path, code) logged once
         self._detected: set[tuple[str, str]] = set()
         self._stale: set[tuple[str, str]] = set()
         self._promoted: set[tuple[str, str]] = set()  # epochs made from _auto.csv
         self._with_marker: set[tuple[str, str]] = set()  # epochs whose COMPLETE was seen
         self._tasks: list[asyncio.Task[None]] = []
-        self._publishing: set[asyncio.Task[None]] = set()
-        self._processing: set[asyncio.Task[bool]] = set()  # running processors
-        self._in_flight: set[tuple[str, str]] = set()  # queued, processing or publishing
         self._watcher: UploadWatcher | None = None
-        self._stopping = False
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -162,7 +153,7 @@ class EpochService:
                 self.log.info("epoch.promoted", district=district, epoch=name, recovered=True)
         for record in await self._io(self.ledger.pending):
             self.registry.submitted[record.district].add(record.name)
-            self._enqueue(record.district, record.name)
+            self.pipeline.enqueue(record.district, record.name)
         if recovered:
             self.log.warning("epoch.recovered", epochs=recovered)
         loop = asyncio.get_running_loop()
@@ -182,15 +173,13 @@ class EpochService:
         self._tasks = [loop.create_task(self._evaluator()), loop.create_task(self._reconciler())]
 
     def stop_starting(self) -> None:
-        """Shutdown has begun: start no further epoch. A processor that dies from now on
-        was most likely hit by a signal meant for the daemon; its epoch is left to the
-        next start (``epoch.interrupted``), not failed."""
-        self._stopping = True
+        """Shutdown has begun: start no further epoch (see EpochPipeline.stop_starting)."""
+        self.pipeline.stop_starting()
 
     async def stop(self) -> None:
         """Stop looking for new work; let a running processor finish; leave the rest to the
         next start (the ledger and the file layout make that exact)."""
-        self._stopping = True
+        self.pipeline.stop_starting()
         self._stop_hashing.set()
         if self._watcher is not None:
             await self._io(self._watcher.stop, 5)
@@ -198,16 +187,7 @@ class EpochService:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._processing:
-            self.log.info("epochs.draining", running=len(self._processing))
-            await asyncio.gather(*self._processing, return_exceptions=True)
-        workers = [*self._workers.values(), *self._publishing]
-        for worker in workers:
-            worker.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        self._process_pool.shutdown(wait=True)
-        await self._io(self.runner.shutdown)
-        self._publish_pool.shutdown(wait=True)
+        await self.pipeline.stop()
         self._hash_pool.shutdown(wait=True)
         self._io_pool.shutdown(wait=True)
 
@@ -221,6 +201,24 @@ class EpochService:
         except (ValueError, OSError):
             return False
         return zone == PROCESSED and (twin.st_dev, twin.st_ino) == (st.st_dev, st.st_ino)
+
+    def _published(self, district: str, name: str) -> None:
+        """The pipeline moved the epoch out of /upload/: forget what was only needed while
+        it was there."""
+        self.registry.submitted[district].discard(name)
+        self._finished.forget_dir(self._upload_dir(district) / name)
+        prefix = f"/upload/{name}"
+        self._noticed = {
+            n
+            for n in self._noticed
+            if not (n[0] == district and (n[1] == prefix or n[1].startswith(prefix + "/")))
+        }
+        for seen in (self._detected, self._stale, self._promoted, self._with_marker):
+            seen.discard((district, name))
+        if self._watcher is not None:
+            asyncio.get_running_loop().run_in_executor(
+                self._io_pool, self._watcher.forget_epoch, district, name
+            )
 
     def _new_district(self, district: str) -> None:
         if self._watcher is not None:
@@ -255,7 +253,7 @@ class EpochService:
         elif isinstance(event, UploadStarted):
             epoch = self._epoch_of(event.path)
             if epoch is not None:
-                self._sessions[(event.district, epoch)].add(event.session_id)
+                self.pipeline.upload_started(event.district, epoch, event.session_id)
         elif isinstance(event, UploadAborted):
             self._finished.pop(event.real_path)
             self._touched(event.district, event.path)
@@ -264,12 +262,7 @@ class EpochService:
             self._touched(event.district, event.old_path)
             self._touched(event.district, event.new_path)
         elif isinstance(event, SessionClosed):
-            for key, sessions in list(self._sessions.items()):
-                sessions.discard(event.session_id)
-                if not sessions:
-                    del self._sessions[key]
-                    if key in self._sessions_gone:
-                        self._sessions_gone[key].set()
+            self.pipeline.session_closed(event.session_id)
 
     @staticmethod
     def _epoch_of(path: str) -> str | None:
@@ -327,7 +320,7 @@ class EpochService:
             for record in await self._io(self.ledger.pending):
                 self.registry.submitted[record.district].add(record.name)
                 self.registry.known[record.district].add(record.name)
-                self._enqueue(record.district, record.name)  # reprocess requests, retries
+                self.pipeline.enqueue(record.district, record.name)  # reprocess, retries
             forget_before = time.time() - self.settings.stale_after
             self._finished.prune(forget_before)  # files that never became part of an epoch
             await asyncio.sleep(self.settings.reconcile_interval)
@@ -574,7 +567,7 @@ class EpochService:
                 else {}
             ),
         )
-        self._enqueue(district, name)
+        self.pipeline.enqueue(district, name)
 
     def _receive_blocking(
         self,
@@ -599,245 +592,3 @@ class EpochService:
             infos.append(FileInfo(f.name, f.size, digest))
         inserted = self.ledger.receive(district, name, origin, infos, list(verdict.warnings))
         return infos, inserted
-
-    # --- processing --------------------------------------------------------------------------
-
-    def _enqueue(self, district: str, name: str) -> None:
-        """Queue an epoch unless it is already on its way (queued, processing, publishing)."""
-        if (district, name) in self._in_flight:
-            return
-        self._in_flight.add((district, name))
-        self._queues[district].add(name)
-        worker = self._workers.get(district)
-        if worker is None or worker.done():
-            self._workers[district] = asyncio.get_running_loop().create_task(
-                self._district_worker(district)
-            )
-
-    async def _district_worker(self, district: str) -> None:
-        queue = self._queues[district]
-        while queue and not self._stopping:
-            name = min(queue)  # per district, in name order
-            queue.discard(name)
-            try:
-                publish = await self._process(district, name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the reconciler retries from the ledger's state
-                self._in_flight.discard((district, name))
-                self.log.error(
-                    "epoch.error",
-                    district=district,
-                    epoch=name,
-                    error=repr(exc),
-                    traceback=traceback.format_exc(),
-                )
-                continue
-            if not publish:
-                self._in_flight.discard((district, name))
-                continue
-            # Publishing may linger for the uploading sessions; the next epoch need not wait.
-            task = asyncio.get_running_loop().create_task(self._publish(district, name))
-            self._publishing.add(task)
-            task.add_done_callback(self._publishing.discard)
-
-    async def _process(self, district: str, name: str) -> bool:
-        """Claim and process if still waiting; True when the epoch is ready to publish."""
-        claimed = await self._io(self._claim_blocking, district, name)
-        if claimed is None:
-            return False
-        state, record = claimed
-        if state == "superseded":
-            self.log.warning("epoch.superseded", district=district, epoch=name)
-        elif state == "processing":
-            self.log.info("epoch.claimed", district=district, epoch=name, attempt=record.attempts)
-            # Shielded, and awaited by stop(): a shutdown lets the processor finish and log
-            # its outcome (or epoch.interrupted) instead of cancelling the wait for it.
-            task = asyncio.get_running_loop().create_task(self._run_processor(record))
-            self._processing.add(task)
-            task.add_done_callback(self._processing.discard)
-            return await asyncio.shield(task)
-        return True
-
-    def _claim_blocking(self, district: str, name: str) -> tuple[str, EpochRecord] | None:
-        """Worker thread: (new state, record) when there is something left to do."""
-        record = self.ledger.get(district, name)
-        if record is None or record.published_at:
-            return None
-        if record.state not in ("received", "processing"):
-            return record.state, record  # finished before a restart: publish only
-        state = self.ledger.claim(district, name, self.settings.max_clock_skew)
-        if state is None:
-            return None
-        record = self.ledger.get(district, name)
-        return (state, record) if record is not None else None
-
-    async def _run_processor(self, record: EpochRecord) -> bool:
-        """Process a claimed epoch; False when it has no final state to publish (it was
-        interrupted by the shutdown and stays ``processing`` for the next start)."""
-        started = time.monotonic()
-        outcome, error = await asyncio.get_running_loop().run_in_executor(
-            self._process_pool, self._archive_and_apply, record
-        )
-        if error is not None and "interrupted" in error:
-            self.log.warning(
-                "epoch.interrupted", district=record.district, epoch=record.name, **error
-            )
-            return False
-        if error is not None:
-            self.log.error("epoch.failed", district=record.district, epoch=record.name, **error)
-            return True
-        level = "info" if outcome.status == "applied" else "warning"
-        getattr(self.log, level)(
-            f"epoch.{outcome.status}",
-            district=record.district,
-            epoch=record.name,
-            processor=self.runner.processor.name,
-            summary=outcome.summary,
-            errors=len(outcome.errors),
-            warnings=len(outcome.warnings),
-            codes=sorted({f.code for f in outcome.errors}),
-            duration=round(time.monotonic() - started, 3),
-        )
-        return True
-
-    def _archive_and_apply(self, record: EpochRecord) -> tuple[Outcome, dict[str, Any] | None]:
-        """Worker thread: the immutable copy, then the processor's effects and the final
-        state in one transaction. A failure is recorded as ``failed`` (nothing applied)."""
-        district, name = record.district, record.name
-        archive_dir = self.archive_dir / district / name
-        # Still in /upload/, or already published without having been archived (an epoch
-        # superseded at its claim, then force-applied or reprocessed).
-        source = self._upload_dir(district) / name
-        if not source.is_dir():
-            source = self.districts_dir / district / PROCESSED / name
-        try:
-            epoch_files.archive(source, archive_dir, record.files)
-        except FileNotFoundError as exc:  # e.g. reprocess of an epoch whose archive is gone
-            outcome = Outcome(
-                "failed",
-                errors=(
-                    Finding(
-                        "epoch_files_missing",
-                        f"the epoch's files are no longer on the server ({exc.filename}); upload "
-                        "them again as a new epoch",
-                    ),
-                ),
-                message="files missing",
-            )
-            self.ledger.fail(district, name, outcome)
-            return outcome, {"error": repr(exc)}
-        except epoch_files.ArchiveMismatch as mismatch:
-            expected = mismatch.expected
-            outcome = Outcome(
-                "failed",
-                errors=(
-                    Finding(
-                        "archive_mismatch",
-                        f"the server's copy of {expected.name} is not the file that was "
-                        f"received ({expected.size} bytes, sha256 {expected.sha256}); nothing "
-                        "was applied. Upload the data again as a new epoch.",
-                        file=expected.name,
-                    ),
-                ),
-                message="archived file does not match the ledger",
-            )
-            self.ledger.fail(district, name, outcome)
-            return outcome, {
-                "code": "archive_mismatch",
-                "file": expected.name,
-                "expected_size": expected.size,
-                "expected_sha256": expected.sha256,
-                "size": mismatch.size,
-                "sha256": mismatch.sha256,
-            }
-        epoch = ClaimedEpoch(
-            district,
-            name,
-            archive_dir,
-            record.files,
-            "auto" if record.origin == "auto" else "upload",
-            record.warnings,
-            record.approved,
-        )
-        try:
-            outcome = self.runner.run(epoch)
-        except Exception as exc:  # the transaction rolled back: nothing of it was applied
-            if isinstance(exc, ProcessorDied) and self._stopping:
-                # e.g. a signal to the whole process group: the next start redoes it
-                return Outcome("failed", message="interrupted"), {"interrupted": repr(exc)}
-            detail = str(exc) if isinstance(exc, ProcessorDied) else repr(exc)
-            outcome = Outcome(
-                "failed",
-                errors=(
-                    Finding("processor_error", f"the server failed while processing: {detail}"),
-                ),
-                message="server error",
-            )
-            self.ledger.fail(district, name, outcome)
-            return outcome, {"error": repr(exc), "traceback": traceback.format_exc()}
-        return outcome, None
-
-    async def _publish(self, district: str, name: str) -> None:
-        try:
-            await self._publish_when_idle(district, name)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the reconciler retries: the ledger says unpublished
-            self.log.error(
-                "epoch.error",
-                district=district,
-                epoch=name,
-                error=repr(exc),
-                traceback=traceback.format_exc(),
-            )
-        finally:
-            self._in_flight.discard((district, name))
-
-    def _publish_blocking(self, district: str, name: str) -> tuple[EpochRecord, Path]:
-        record = self.ledger.get(district, name)
-        assert record is not None
-        district_root = self.districts_dir / district
-        target = epoch_files.publish(
-            district_root / UPLOAD,
-            district_root / PROCESSED,
-            name,
-            self.archive_dir / district / name,
-            render_json(record),
-            render_text(record),
-            render_errors_csv(record),
-        )
-        self.ledger.mark_published(district, name)
-        if self._watcher is not None:
-            self._watcher.forget_epoch(district, name)
-        return record, target
-
-    async def _publish_when_idle(self, district: str, name: str) -> None:
-        key = (district, name)
-        if self._sessions.get(key):
-            gone = self._sessions_gone.setdefault(key, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gone.wait(), timeout=self.settings.publish_linger)
-        self._sessions.pop(key, None)
-        self._sessions_gone.pop(key, None)
-        record, target = await self._io(
-            self._publish_blocking, district, name, pool=self._publish_pool
-        )
-        self.registry.submitted[district].discard(name)
-        # Forget what was only needed while the epoch was in /upload/.
-        self._finished.forget_dir(self._upload_dir(district) / name)
-        prefix = f"/upload/{name}"
-        self._noticed = {
-            n
-            for n in self._noticed
-            if not (n[0] == district and (n[1] == prefix or n[1].startswith(prefix + "/")))
-        }
-        for seen in (self._detected, self._stale, self._promoted, self._with_marker):
-            seen.discard((district, name))
-        self.log.info(
-            "epoch.published",
-            district=district,
-            epoch=name,
-            state=record.state,
-            path=f"/{PROCESSED}/{target.name}",
-        )

@@ -26,9 +26,9 @@
 4. Do not offer ``ranges@asyncssh.com``. asyncssh serves it by calling ``seek(...,
    SEEK_DATA/SEEK_HOLE)`` on the object ``SFTPServer.open`` returned, with no
    ``SFTPServer`` method in between; ours is a descriptor record, so every ``get()`` and
-   ``copy()`` of an asyncssh client failed ("'_Handle' object has no attribute 'seek'").
-   Without the extension asyncssh clients copy the whole byte range, as they do against
-   OpenSSH.
+   ``copy()`` of an asyncssh client failed ("'_Handle' object has no attribute 'seek'";
+   ``handles.Handle`` was called ``_Handle`` then). Without the extension asyncssh clients
+   copy the whole byte range, as they do against OpenSSH.
 
 asyncssh has no public hook for any of these, so they wrap entries of the handler table
 and methods of ``SFTPServerHandler``. :func:`install` checks that they still look as

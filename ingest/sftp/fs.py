@@ -18,11 +18,8 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,23 +28,25 @@ from asyncssh import SFTPAttrs, SFTPName, SFTPVFSAttrs
 
 from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
-from ingest.sftp.budget import BufferBudget
 from ingest.sftp.events import (
     OpenUpload,
     PathRenamed,
-    SFTPEventHandler,
     UploadAborted,
     UploadFinished,
-    UploadJournal,
-    UploadPolicy,
-    UploadRegistry,
     UploadStarted,
 )
+from ingest.sftp.handles import (
+    Handle,
+    best_effort,
+    digest_and_close,
+    finish_writes,
+    open_one_name,
+)
 from ingest.sftp.paths import UPLOAD, Access, Chroot, Denied, Resolved
-from ingest.sftp.storage import Refusal, Storage
+from ingest.sftp.runtime import SessionState, SFTPRuntime
+from ingest.sftp.storage import Refusal
 from ingest.sftp.writer import DigestAborted, FileWriter
 
-FILE_MODE = 0o640  # chosen by the server; client-requested permissions are ignored
 DIR_MODE = 0o750
 DISTRICT_ID = 1000  # the uid and gid every file shows (the server's own are not shown)
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
@@ -58,59 +57,6 @@ log = get_logger("ingest.sftp")
 
 class _JournalFailed(Exception):
     """The upload journal could not record an upload; the upload is refused."""
-
-
-@dataclass
-class SessionState:
-    """Per-connection facts the SFTP layer reads and updates (counters for session.closed)."""
-
-    district: str
-    session_id: str
-    log: Any  # structlog BoundLogger bound to district, session_id, peer
-    bytes_in: int = 0
-    bytes_out: int = 0
-    handles: int = 0  # open now, in all of the connection's SFTP sessions
-    budget_waited: bool = False  # a write waited for the server's buffer budget
-
-
-@dataclass
-class SFTPRuntime:
-    """What all SFTP sessions of one server share (each shared object passed in, never
-    defaulted: a second registry or journal would be silently wrong)."""
-
-    executor: Executor  # blocking file system calls
-    hash_executor: Executor  # low-priority background hashing (writer.StreamDigest)
-    # Digests finished after the client's close was answered: never on ``executor``, so
-    # one district's big files cannot hold up another district's file I/O.
-    digest_executor: Executor
-    budget: BufferBudget  # upload bytes held in memory, all handles together
-    events: SFTPEventHandler
-    policy: UploadPolicy
-    uploads: UploadRegistry
-    journal: UploadJournal
-    storage: Storage
-    max_handles: int  # per connection (SessionState.handles)
-    # A file with more than one name is served only when this says the other name is the
-    # server's own (worker thread): a hard link planted in a district's tree is refused.
-    own_link: Callable[[Path, os.stat_result], bool]
-    draining: bool = False
-    # Set when uploads must stop although the server runs on (its database was lost).
-    uploads_refused: Denied | None = None
-    # Digests finishing after the client's close was answered; referenced so they run on.
-    background: set[asyncio.Task[None]] = field(default_factory=set)
-    # Set at the end of a shutdown: every hashing job stops within a chunk.
-    stop_hashing: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass(eq=False)
-class _Handle:
-    fd: int
-    resolved: Resolved
-    writer: FileWriter | None = None
-    upload: OpenUpload | None = None
-    append_at: int | None = None  # next offset for FXF_APPEND handles
-    high: int = 0  # the file's size as far as this handle knows (quota: what it adds)
-    opened: float = field(default_factory=time.monotonic)
 
 
 class DistrictSFTPServer(asyncssh.SFTPServer):
@@ -206,7 +152,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     # --- files -----------------------------------------------------------------------
 
-    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> _Handle:
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> Handle:
         session = self._session
         if session.handles >= self._runtime.max_handles:
             self._log.warning(
@@ -223,7 +169,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             session.handles -= 1
             raise
 
-    async def _open(self, path: bytes, pflags: int) -> _Handle:
+    async def _open(self, path: bytes, pflags: int) -> Handle:
         writing = bool(pflags & _WRITE_FLAGS)
         if writing and self._runtime.draining:
             raise self._deny(
@@ -245,9 +191,9 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         own_link = self._runtime.own_link
         if not writing:
             resolved, fd = await self._on_path(
-                "open", path, Access.READ, lambda real: _open_one_name(real, flags, own_link)
+                "open", path, Access.READ, lambda real: open_one_name(real, flags, own_link)
             )
-            return _Handle(fd, resolved)
+            return Handle(fd, resolved)
         (upload,) = await self._admit(("open", path))
         journal, session, storage = self._runtime.journal, self._session, self._runtime.storage
         upload_root = self._paths.real(UPLOAD)
@@ -262,9 +208,9 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             except Exception as exc:
                 raise _JournalFailed(repr(exc)) from exc
             try:
-                fd = _open_one_name(resolved.real, flags, own_link)
+                fd = open_one_name(resolved.real, flags, own_link)
             except BaseException:
-                _best_effort(journal.forget, intent)
+                best_effort(journal.forget, intent)
                 raise
             return resolved, intent, fd, os.fstat(fd).st_size
 
@@ -288,7 +234,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             raise
         upload.settled.set()
         append_at = size if pflags & asyncssh.FXF_APPEND else None
-        handle = _Handle(fd, resolved, upload=upload, append_at=append_at, high=size)
+        handle = Handle(fd, resolved, upload=upload, append_at=append_at, high=size)
         handle.writer = FileWriter(
             fd,
             self._runtime.executor,
@@ -318,7 +264,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         await writer.wait_idle()
         # Queued data is written on abort too: a partial file is what a client resumes
         # from. Small files are hashed and closed in the same worker-thread hop.
-        end = await self._io(_finish_writes, writer, explicit, self._runtime.journal, upload)
+        end = await self._io(finish_writes, writer, explicit, self._runtime.journal, upload)
         if isinstance(end.error, Refusal) and end.error.code == "file_has_holes":
             self._upload_aborted(upload, virtual, writer, duration, end.error.code, True)
             raise self._refuse(end.error, virtual)
@@ -356,7 +302,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     ) -> None:
         try:
             digest = await asyncio.get_running_loop().run_in_executor(
-                self._runtime.digest_executor, _digest_and_close, writer, size
+                self._runtime.digest_executor, digest_and_close, writer, size
             )
         except DigestAborted:
             # The file is whole (the journal says so) but not announced: the epoch scan
@@ -540,7 +486,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             resolved = self._paths.resolve(path, Access.WRITE)
             os.unlink(resolved.real)
             if cut:
-                _best_effort(journal.removed, resolved.real)
+                best_effort(journal.removed, resolved.real)
             return resolved
 
         try:
@@ -599,10 +545,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
                     _rename(old.real, new.real, replace)
                 except BaseException:
                     if tracked:
-                        _best_effort(journal.rename_end, old.real, new.real, copies, False)
+                        best_effort(journal.rename_end, old.real, new.real, copies, False)
                     raise
                 if tracked:
-                    _best_effort(journal.rename_end, old.real, new.real, copies, True)
+                    best_effort(journal.rename_end, old.real, new.real, copies, True)
                 return old, new
 
             try:
@@ -705,145 +651,12 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         self.channel.exit(asyncssh_compat.session_exit_status())
 
 
-INLINE_DIGEST_MAX = 1024 * 1024  # hash files up to this size inside the close hop
-
-
-@dataclass
-class _End:
-    """How a write handle's last hop ended (see :func:`_finish_writes`)."""
-
-    size: int = 0
-    digest: str | None = None
-    same: bool = True  # the file at the handle's path is still the one it wrote
-    error: Exception | None = None
-
-
-def _finish_writes(
-    writer: FileWriter, explicit: bool, journal: UploadJournal, upload: OpenUpload
-) -> _End:
-    """Worker thread: the last writes, the journal, then the digest and close of a small
-    finished upload.
-
-    Only when the file at the handle's path is still the one it wrote does its end say
-    anything about that file. Then an explicit close makes it whole: its data and its
-    directory entry are synced to disk first, so that the journal never records as
-    whole a file a power cut could still shorten, and the journal row goes before the
-    client hears that its close succeeded. Any other end marks it cut off. A handle whose
-    file was replaced or removed only takes its own row away. A large finished upload
-    keeps its descriptor open for :func:`_digest_and_close`, which runs after the client
-    has its answer; every other outcome closes it here.
-    """
-    assert upload.intent is not None
-    end, keep_open = _End(), False
-    try:
-        try:
-            end.size = writer.finish_blocking()
-        except OSError as exc:
-            end.error = exc
-        end.same = _same_file(writer.fd, upload.real_path)
-        if not end.same:
-            _best_effort(journal.forget, upload.intent)
-        elif not explicit or end.error is not None:
-            _best_effort(journal.cut, upload.intent, end.size or writer.bytes_written)
-        elif (holes := _holes(writer.fd, end.size)) is not None:
-            end.error = holes
-            _best_effort(journal.cut, upload.intent, end.size)
-        else:
-            os.fdatasync(writer.fd)
-            _fsync_directory(upload.real_path.parent)
-            journal.finished(upload.intent, upload.real_path)
-            if end.size > INLINE_DIGEST_MAX:
-                keep_open = True
-            else:
-                end.digest = writer.digest.hexdigest(end.size)
-    except Exception as exc:  # the sync or the journal: the row stays, the file not whole
-        end.error = end.error or exc
-    finally:
-        if not keep_open:
-            os.close(writer.fd)
-    return end
-
-
-def _holes(fd: int, size: int) -> Refusal | None:
-    """A file with parts never written (a hole: sparse, from a write past the end or a
-    truncate that grew it) is refused at its close, before anything hashes it: hashing
-    costs time for every byte of its size, while a hole costs its writer nothing. A CSV
-    never has one (it would read as NUL bytes); a client writing parts in parallel has
-    filled them all by its close."""
-    try:
-        first_hole = os.lseek(fd, 0, os.SEEK_HOLE)
-    except OSError:  # the file system cannot tell: nothing to refuse
-        return None
-    if first_hole >= size:
-        return None
-    return Refusal(
-        "file_has_holes",
-        f"bytes {first_hole} and on were never written (the file has a gap: a write past "
-        "its end, or a truncate that made it larger); upload the whole file again, "
-        "from start to end",
-    )
-
-
-def _open_one_name(path: Path, flags: int, own_link: Callable[[Path, os.stat_result], bool]) -> int:
-    """Open ``path``, refusing a regular file that has another name (a hard link: the
-    other name may be another district's file). The check comes before a truncation, so
-    a refused file is left as it was."""
-    fd = os.open(path, flags & ~os.O_TRUNC, FILE_MODE)
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and not own_link(path, st):
-            raise Denied(
-                "hardlink",
-                "this file also exists under another name on the server (a hard link) and "
-                "is not served; tell your operator",
-            )
-        if flags & os.O_TRUNC:
-            os.ftruncate(fd, 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        at_path = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (at_path.st_dev, at_path.st_ino) == (mine.st_dev, mine.st_ino)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _digest_and_close(writer: FileWriter, size: int) -> str:
-    try:
-        return writer.digest.hexdigest(size)
-    finally:
-        os.close(writer.fd)
-
-
-def _best_effort(fn: Callable[..., None], *args: Any) -> None:
-    """A journal write whose failure errs on the safe side: a row that stays (open or cut)
-    only flags a file as not whole, and a later upload of it clears that."""
-    try:
-        fn(*args)
-    except Exception as exc:
-        log.error("upload.journal_failed", operation=fn.__name__, error=repr(exc))
-
-
 def _is_dir(path: Path) -> bool:
     return stat.S_ISDIR(os.lstat(path).st_mode)
 
 
-def _as_handle(file_obj: object) -> _Handle:
-    assert isinstance(file_obj, _Handle)
+def _as_handle(file_obj: object) -> Handle:
+    assert isinstance(file_obj, Handle)
     return file_obj
 
 

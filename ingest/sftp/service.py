@@ -36,9 +36,10 @@ from ingest.sftp.events import (
     UploadPolicy,
     UploadRegistry,
 )
-from ingest.sftp.fs import DistrictSFTPServer, SessionState, SFTPRuntime
+from ingest.sftp.fs import DistrictSFTPServer
 from ingest.sftp.hostkeys import HostKey
 from ingest.sftp.paths import Chroot
+from ingest.sftp.runtime import SessionState, SFTPRuntime
 from ingest.sftp.storage import Storage
 from ingest.sftp.writer import lower_thread_priority
 
