@@ -131,6 +131,9 @@ class EpochsConfig:
     # inotify watches held at most (each district's upload/ and the epoch folders in it);
     # a district that would need more, or that the kernel's limit refuses, is polled.
     max_watches: int = field(default=8192, metadata=_check(_positive))
+    # Epoch folders of one district watched at most (each district's tree is small; one
+    # that makes folders by the thousand is polled instead).
+    max_watches_per_district: int = field(default=64, metadata=_check(_positive))
     # Full scan of every district's upload/ besides the events; also run at startup.
     reconcile_interval: float = field(default=30.0, metadata=_check(_positive))
     # Files that did not arrive through our SFTP server must be unchanged this long.

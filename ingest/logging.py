@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -36,6 +37,13 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+def _logged_at(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    record = event_dict.get("_record")
+    when = record.created if record is not None else time.time()
+    event_dict["timestamp"] = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return event_dict
 
 
 def _foreign_record(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -153,7 +161,8 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, _foreign_record],
+        # Library records are stamped with the time they were logged, not written.
+        foreign_pre_chain=[*shared[:-1], _logged_at, _foreign_record],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,

@@ -7,6 +7,7 @@ districts (127.0.0.1), so that per-source rules can be seen on one machine.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import paramiko
@@ -627,3 +629,98 @@ def test_a_failed_password_is_answered_only_after_the_failure_delay(tmp_path: Pa
         started = time.monotonic()
         with paramiko_client(daemon, creds, password=creds.password, use_key=False):
             assert time.monotonic() - started < 1.5  # a right one is not held
+
+
+def test_password_attempts_sent_without_waiting_are_checked_one_by_one(tmp_path: Path) -> None:
+    """asyncssh cancels an attempt's check when the next one arrives. A guesser that does
+    not wait for answers must still have each attempt checked, scored and counted, one
+    at a time, each failure held for the delay: never faster than one that waits."""
+    from paramiko.common import cMSG_SERVICE_REQUEST, cMSG_USERAUTH_REQUEST
+    from paramiko.message import Message
+
+    delay = 0.5
+    with run_daemon(tmp_path, server_auth_failure_delay=delay) as daemon:
+        creds = daemon.add_district()
+        transport = transport_from(daemon, "127.0.0.2")
+        try:
+            request = Message()
+            request.add_byte(cMSG_SERVICE_REQUEST)
+            request.add_string("ssh-userauth")
+            transport._send_message(request)
+            for n in range(6):
+                guess = Message()
+                guess.add_byte(cMSG_USERAUTH_REQUEST)
+                guess.add_string(creds.name)
+                guess.add_string("ssh-connection")
+                guess.add_string("password")
+                guess.add_boolean(False)
+                guess.add_string(f"not-the-password-{n}")
+                transport._send_message(guess)
+            failed = daemon.wait_for(
+                "auth.failed", count=6, district=creds.name, reason="wrong_password"
+            )
+        finally:
+            transport.close()
+        assert failed["attempt"] == 6  # every attempt counted (then the disconnect)
+        daemon.wait_for("connection.refused", reason="max_auth_attempts")
+        stamps = [
+            datetime.fromisoformat(r["timestamp"].replace("Z", "+00:00")).timestamp()
+            for r in daemon.events("auth.failed", district=creds.name)
+        ]
+        assert len(stamps) == 6
+        assert all(b - a >= delay * 0.9 for a, b in itertools.pairwise(stamps)), stamps
+
+
+def test_folders_count_against_the_quota(daemon: Daemon) -> None:
+    """Each folder is an inode and an inotify watch: a district makes as many as its
+    quota allows files, no more."""
+    creds = daemon.add_district()
+    with paramiko_client(daemon, creds) as client:
+        sftp = client.open_sftp()
+        for n in range(1, 12):  # and the work epoch: the 12 the quota allows
+            sftp.mkdir(f"/upload/20260102-0000{n:02d}")
+        with pytest.raises(OSError, match="holds 12 folders"):
+            sftp.mkdir("/upload/20260102-000099")
+    refusal = daemon.wait_for("upload.refused", district=creds.name, code="quota_files")
+    assert refusal["path"] == "/upload/20260102-000099"
+
+
+def test_a_district_with_many_folders_is_polled_not_the_others(tmp_path: Path) -> None:
+    settings = {**FAST_EPOCHS, "epochs_max_watches_per_district": 3}
+    with run_daemon(tmp_path, **settings) as daemon:
+        many, few = daemon.add_district(), daemon.add_district()
+        with paramiko_client(daemon, many) as client:
+            sftp = client.open_sftp()
+            for n in range(4):  # and the work epoch: 5 folders
+                sftp.mkdir(f"/upload/20260102-00000{n}")
+        failed = daemon.wait_for("observer.watch_failed", district=many.name)
+        assert "max_watches_per_district" in failed["error"]
+        with paramiko_client(daemon, few) as client:
+            client.open_sftp().mkdir("/upload/20260102-000000")
+        put_direct = daemon.root(few.name) / "upload/20260102-000000"
+        (put_direct / "users.csv").write_bytes(b"Email,First Name,Last Name\na@example.org,A,B\n")
+        (put_direct / "COMPLETE").touch()
+        daemon.wait_for("epoch.ready", district=few.name, epoch=put_direct.name)
+        assert not daemon.events("observer.watch_failed", district=few.name)
+
+
+def test_parts_written_through_two_handles_are_judged_at_the_last_close(daemon: Daemon) -> None:
+    """The second half, written and closed first through its own handle, leaves a gap
+    that the first handle fills: no hole is refused, the file is whole."""
+    creds = daemon.add_district()
+    path = "/upload/20260101-000000/users.csv"
+    first, second = b"a" * (64 << 10), b"b" * (64 << 10)
+    with paramiko_client(daemon, creds) as client:
+        sftp = client.open_sftp()
+        head = sftp.open(path, "wb")
+        tail = sftp.open(path, "r+")
+        tail.seek(len(first))
+        tail.write(second)
+        tail.close()
+        head.write(first)
+        head.close()
+        assert sftp.stat(path).st_size == len(first) + len(second)
+    finished = daemon.wait_for("upload.finished", count=2, district=creds.name, path=path)
+    assert finished["size"] == len(first) + len(second)
+    assert not daemon.events("upload.refused", district=creds.name)
+    assert (daemon.root(creds.name) / path.lstrip("/")).read_bytes() == first + second

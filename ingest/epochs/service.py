@@ -12,6 +12,7 @@ listing; a ready epoch is frozen, recorded in the ledger as ``received`` and han
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import threading
@@ -134,6 +135,7 @@ class EpochService:
         self._with_marker: set[tuple[str, str]] = set()  # epochs whose COMPLETE was seen
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: UploadWatcher | None = None
+        self._reconcile_now = asyncio.Event()  # inotify lost events: look everywhere
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -164,8 +166,10 @@ class EpochService:
             polling=self.settings.observer == "polling",
             interval=self.settings.polling_interval,
             max_watches=self.settings.max_watches,
+            max_watches_per_district=self.settings.max_watches_per_district,
             on_failure=self._watch_failed,
             on_new_district=self._new_district,
+            on_overflow=self._reconcile_now.set,
         )
         await self._io(self._watcher.start)
         for district_dir in await self._io(self._district_dirs):
@@ -221,14 +225,25 @@ class EpochService:
             )
 
     def _new_district(self, district: str) -> None:
-        if self._watcher is not None:
-            asyncio.get_running_loop().run_in_executor(
-                self._io_pool, self._watcher.watch_district, district
-            )
         self.mark_dirty(district, None)
+        if self._watcher is not None:
+            self._watch(self._watcher.watch_district, district, None)
+
+    def _watch(self, add: Callable[..., bool], district: str, epoch: str | None) -> None:
+        """Add a watch in a worker thread, then look once more: what happened before the
+        watch existed is in no event."""
+        args = (district,) if epoch is None else (district, epoch)
+        added = asyncio.get_running_loop().run_in_executor(self._io_pool, add, *args)
+
+        def look_again(future: asyncio.Future[bool]) -> None:
+            if not future.cancelled() and future.exception() is None and future.result():
+                self.mark_dirty(district, epoch)
+
+        added.add_done_callback(look_again)
 
     def _watch_failed(self, district: str, error: str) -> None:
-        """Worker thread (the watcher): the district is polled from now on."""
+        """Worker thread (the watcher): the district is polled from now on (the caller
+        looks at it once more: the poller's first snapshot holds no events)."""
         self.log.warning(
             "observer.watch_failed",
             district=district,
@@ -297,9 +312,7 @@ class EpochService:
         if is_directory and len(rest) == 1:
             self.mark_dirty(district, rest[0])  # an epoch directory appeared or moved
             if self._watcher is not None:
-                asyncio.get_running_loop().run_in_executor(
-                    self._io_pool, self._watcher.watch_epoch, district, rest[0]
-                )
+                self._watch(self._watcher.watch_epoch, district, rest[0])
         else:
             self._touched(district, "/" + "/".join(parts[1:]))
 
@@ -314,16 +327,20 @@ class EpochService:
         not synchronisation."""
         while True:
             for district_dir in await self._io(self._district_dirs):
-                self.mark_dirty(district_dir.name, None)
                 if self._watcher is not None:  # new districts; epochs that left upload/
                     await self._io(self._watcher.watch_district, district_dir.name)
+                self.mark_dirty(district_dir.name, None)
             for record in await self._io(self.ledger.pending):
                 self.registry.submitted[record.district].add(record.name)
                 self.registry.known[record.district].add(record.name)
                 self.pipeline.enqueue(record.district, record.name)  # reprocess, retries
             forget_before = time.time() - self.settings.stale_after
             self._finished.prune(forget_before)  # files that never became part of an epoch
-            await asyncio.sleep(self.settings.reconcile_interval)
+            with contextlib.suppress(TimeoutError):  # the interval is a timer
+                await asyncio.wait_for(
+                    self._reconcile_now.wait(), timeout=self.settings.reconcile_interval
+                )
+            self._reconcile_now.clear()
 
     async def _evaluator(self) -> None:
         """Start a look at each district with something new, unless one is running: that
@@ -545,8 +562,18 @@ class EpochService:
                 self.registry.submitted[district].discard(name)
                 self.mark_dirty(district, name)
                 return
+            hashing = any(
+                not (k and k[0] == f.size and k[1])
+                for f, k in ((f, known.get(f.path)) for f in verdict.files)
+            )
             infos, inserted = await self._io(
-                self._receive_blocking, district, name, origin, verdict, known, pool=self._hash_pool
+                self._receive_blocking,
+                district,
+                name,
+                origin,
+                verdict,
+                known,
+                pool=self._hash_pool if hashing else self._io_pool,
             )
         except BaseException:
             self.registry.submitted[district].discard(name)

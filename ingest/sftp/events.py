@@ -201,6 +201,13 @@ class UploadRegistry:
     def is_open(self, path: Path) -> bool:
         return any(u.real_path == path for u in self._open)
 
+    def others_writing(self, upload: OpenUpload) -> bool:
+        """Whether another handle open for writing has the same file as ``upload``."""
+        return any(
+            u is not upload and u.intent is not None and u.real_path == upload.real_path
+            for u in self._open
+        )
+
     def open_under(self, directory: Path) -> list[Path]:
         """Paths at or below ``directory`` with a change in progress."""
         return sorted(u.real_path for u in self._open if _at_or_under(u.real_path, directory))

@@ -264,7 +264,11 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         await writer.wait_idle()
         # Queued data is written on abort too: a partial file is what a client resumes
         # from. Small files are hashed and closed in the same worker-thread hop.
-        end = await self._io(finish_writes, writer, explicit, self._runtime.journal, upload)
+        # Parts written through several handles: the last one to close judges the gaps.
+        last_writer = not self._runtime.uploads.others_writing(upload)
+        end = await self._io(
+            finish_writes, writer, explicit, self._runtime.journal, upload, last_writer
+        )
         if isinstance(end.error, Refusal) and end.error.code == "file_has_holes":
             self._upload_aborted(upload, virtual, writer, duration, end.error.code, True)
             raise self._refuse(end.error, virtual)
@@ -286,6 +290,8 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         elif not explicit:
             reason = "server_shutdown" if self._runtime.draining else "session_closed"
             self._upload_aborted(upload, virtual, writer, duration, reason, True)
+        elif end.unannounced:
+            self._upload_aborted(upload, virtual, writer, duration, "server_shutdown", False)
         elif end.digest is not None:
             self._upload_finished(upload, virtual, writer, duration, end.size, end.digest)
         else:
@@ -504,7 +510,16 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         _, exists = await self._on_path("mkdir", path, Access.READ, os.path.lexists)
         if exists:
             raise asyncssh.SFTPFileAlreadyExists("directory already exists")
-        await self._on_path("mkdir", path, Access.WRITE, lambda p: os.mkdir(p, DIR_MODE))
+        upload_root, storage = self._paths.real(UPLOAD), self._runtime.storage
+
+        def make(real: Path) -> None:
+            storage.admit_mkdir(upload_root)
+            os.mkdir(real, DIR_MODE)
+
+        try:
+            await self._on_path("mkdir", path, Access.WRITE, make)
+        except Refusal as refusal:
+            raise self._refuse(refusal, path) from None
 
     async def rmdir(self, path: bytes) -> None:
         await self._on_path("rmdir", path, Access.WRITE, os.rmdir)

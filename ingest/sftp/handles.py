@@ -20,7 +20,7 @@ from ingest.logging import get_logger
 from ingest.sftp.events import OpenUpload, UploadJournal
 from ingest.sftp.paths import Denied, Resolved
 from ingest.sftp.storage import Refusal
-from ingest.sftp.writer import FileWriter
+from ingest.sftp.writer import DigestAborted, FileWriter
 
 FILE_MODE = 0o640  # chosen by the server; client-requested permissions are ignored
 
@@ -51,10 +51,17 @@ class HandleEnd:
     digest: str | None = None
     same: bool = True  # the file at the handle's path is still the one it wrote
     error: Exception | None = None
+    # Whole (the journal says so), but its digest was stopped by the shutdown: it is
+    # hashed again after the restart.
+    unannounced: bool = False
 
 
 def finish_writes(
-    writer: FileWriter, explicit: bool, journal: UploadJournal, upload: OpenUpload
+    writer: FileWriter,
+    explicit: bool,
+    journal: UploadJournal,
+    upload: OpenUpload,
+    check_holes: bool = True,
 ) -> HandleEnd:
     """Worker thread: the last writes, the journal, then the digest and close of a small
     finished upload.
@@ -63,8 +70,10 @@ def finish_writes(
     anything about that file. Then an explicit close makes it whole: its data and its
     directory entry are synced to disk first, so that the journal never records as
     whole a file a power cut could still shorten, and the journal row goes before the
-    client hears that its close succeeded. Any other end marks it cut off. A handle whose
-    file was replaced or removed only takes its own row away. A large finished upload
+    client hears that its close succeeded, unless the file has a gap never written
+    (:func:`holes`; ``check_holes`` is False while another handle writes the same file,
+    whose close judges it). Any other end marks it cut off. A handle whose file was
+    replaced or removed only takes its own row away. A large finished upload
     keeps its descriptor open for :func:`digest_and_close`, which runs after the client
     has its answer; every other outcome closes it here.
     """
@@ -80,7 +89,7 @@ def finish_writes(
             best_effort(journal.forget, upload.intent)
         elif not explicit or end.error is not None:
             best_effort(journal.cut, upload.intent, end.size or writer.bytes_written)
-        elif (gap := holes(writer.fd, end.size)) is not None:
+        elif check_holes and (gap := holes(writer.fd, end.size)) is not None:
             end.error = gap
             best_effort(journal.cut, upload.intent, end.size)
         else:
@@ -90,7 +99,10 @@ def finish_writes(
             if end.size > INLINE_DIGEST_MAX:
                 keep_open = True
             else:
-                end.digest = writer.digest.hexdigest(end.size)
+                try:
+                    end.digest = writer.digest.hexdigest(end.size)
+                except DigestAborted:
+                    end.unannounced = True
     except Exception as exc:  # the sync or the journal: the row stays, the file not whole
         end.error = end.error or exc
     finally:
@@ -104,7 +116,7 @@ def holes(fd: int, size: int) -> Refusal | None:
     truncate that grew it) is refused at its close, before anything hashes it: hashing
     costs time for every byte of its size, while a hole costs its writer nothing. A CSV
     never has one (it would read as NUL bytes); a client writing parts in parallel has
-    filled them all by its close."""
+    filled them all by the close of its last handle."""
     try:
         first_hole = os.lseek(fd, 0, os.SEEK_HOLE)
     except OSError:  # the file system cannot tell: nothing to refuse

@@ -26,7 +26,7 @@ from ingest.config import ServerConfig
 from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
 from ingest.sftp.admission import Admission
-from ingest.sftp.authgate import BUSY, AuthGate
+from ingest.sftp.authgate import AuthGate
 from ingest.sftp.budget import BufferBudget
 from ingest.sftp.defender import Defender, address_in, networks
 from ingest.sftp.events import (
@@ -277,6 +277,9 @@ class DistrictConnection(asyncssh.SSHServer):
         self._source_allowed = True  # the district's allowed_sources, once it is named
         self._unknown_scored = False
         self._unauthenticated = False  # counted by the service's Admission
+        self._attempt_lock = asyncio.Lock()  # password attempts, one at a time
+        self._attempts: set[asyncio.Task[bool]] = set()  # referenced until they end
+        self._gone = False
         self._kex_deadline: asyncio.TimerHandle | None = None
 
     # --- connection lifecycle ----------------------------------------------------------
@@ -350,6 +353,7 @@ class DistrictConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         service = self.service
+        self._gone = True  # attempts still waiting their turn are not checked
         if self.session is None and self._key_failed:
             # Offered keys that were not the district's: once per connection (clients try
             # several keys before the right one; a login that succeeds costs nothing).
@@ -398,6 +402,23 @@ class DistrictConnection(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
+        # asyncssh cancels this coroutine when the client sends its next attempt before
+        # the answer. The attempt goes on all the same (shielded): it is checked, scored
+        # and counted, and its hash keeps its place in the AuthGate's queue until done.
+        attempt = asyncio.get_running_loop().create_task(self._password_attempt(username, password))
+        self._attempts.add(attempt)
+        attempt.add_done_callback(self._attempts.discard)
+        return await asyncio.shield(attempt)
+
+    async def _password_attempt(self, username: str, password: str) -> bool:
+        """One at a time per connection: a client sending attempts without waiting for
+        the answers gets them checked no faster than one that waits."""
+        async with self._attempt_lock:
+            if self._gone:
+                return False
+            return await self._check_password(username, password)
+
+    async def _check_password(self, username: str, password: str) -> bool:
         service = self.service
         if self._banned_meanwhile():
             return False
@@ -450,9 +471,9 @@ class DistrictConnection(asyncssh.SSHServer):
                 self._unknown_scored = True
                 defender.offence(self.source, "unknown_district", reason)
         elif reason == "source_not_allowed" or (
-            # server_busy too: a stranger's guess the server had no time to check is a
-            # guess all the same (a flood must reach the ban, not just the queue's end).
-            method == "password" and reason in ("wrong_password", "password_not_set", BUSY)
+            # Not server_busy: a district with the right password, from an address the
+            # server does not know (yet), gets it during a flood and must not be banned.
+            method == "password" and reason in ("wrong_password", "password_not_set")
         ):
             defender.offence(self.source, "wrong_credentials", reason)
         elif reason in ("unknown_key", "no_keys"):

@@ -84,7 +84,7 @@ class Storage:
         """Worker thread, before a file is opened for writing: the district's tree is
         counted afresh and the disk's free space checked."""
         self.check_free_space(fresh=True)
-        used, files = _count(upload_root, self.limits.quota_files + 1)
+        used, files, _ = _count(upload_root, self.limits.quota_files + 1)
         self._used[district] = used
         limits = self.limits
         if files >= limits.quota_files and not target.exists():
@@ -98,6 +98,17 @@ class Storage:
                 "quota_bytes",
                 f"your upload folder holds {used} bytes, its quota is {limits.quota_bytes}; "
                 "remove old files, or wait for your epochs to be processed",
+            )
+
+    def admit_mkdir(self, upload_root: Path) -> None:
+        """Worker thread, before a folder is made: as many folders as files at most (each
+        is an inode, and each epoch folder an inotify watch)."""
+        _, _, folders = _count(upload_root, self.limits.quota_files + 1)
+        if folders >= self.limits.quota_files:
+            raise Refusal(
+                "quota_files",
+                f"your upload folder holds {folders} folders, the most it may hold; remove "
+                "empty ones, or wait for your epochs to be processed",
             )
 
     def grow(self, district: str, added: int) -> None:
@@ -114,7 +125,7 @@ class Storage:
     def space(self, district: str, upload_root: Path) -> DistrictSpace:
         """Worker thread: what ``statvfs`` tells the district."""
         limits = self.limits
-        used, files = _count(upload_root, limits.quota_files + 1)
+        used, files, _ = _count(upload_root, limits.quota_files + 1)
         self._used[district] = used
         stats = os.statvfs(self.data_dir)
         volume_free = max(0, stats.f_bavail * stats.f_frsize - limits.min_free_bytes)
@@ -141,10 +152,13 @@ class Storage:
             )
 
 
-def _count(root: Path, stop_after: int) -> tuple[int, int]:
-    """Bytes and regular files below ``root``; stops counting files at ``stop_after``."""
-    used = files = 0
-    for directory, _, names in os.walk(root):
+def _count(root: Path, stop_after: int) -> tuple[int, int, int]:
+    """Bytes, files and folders below ``root``; stops counting at ``stop_after`` of either."""
+    used = files = folders = 0
+    for directory, subdirs, names in os.walk(root):
+        folders += len(subdirs)
+        if folders >= stop_after:
+            return used, files, folders
         for name in names:
             try:
                 st = os.lstat(os.path.join(directory, name))
@@ -153,5 +167,5 @@ def _count(root: Path, stop_after: int) -> tuple[int, int]:
             used += st.st_size
             files += 1
             if files >= stop_after:
-                return used, files
-    return used, files
+                return used, files, folders
+    return used, files, folders
