@@ -28,6 +28,7 @@ from ingest.store import Database, DistrictStore
 from ingest.store.bans import BanStore
 from ingest.store.checkpoint import Checkpointer
 from ingest.store.journal import UploadJournal
+from ingest.store.sources import KnownSources
 
 DATABASE_CHECK = 1.0  # seconds between looks at the state database's file
 
@@ -93,6 +94,7 @@ class Server:
                 config.data_dir,
             ),
             defender=self.defender,
+            known_sources=KnownSources(database),
             own_link=self.epochs.archive_twin,
         )
         self.port = await self.sftp.start()

@@ -724,3 +724,28 @@ def test_parts_written_through_two_handles_are_judged_at_the_last_close(daemon: 
     assert finished["size"] == len(first) + len(second)
     assert not daemon.events("upload.refused", district=creds.name)
     assert (daemon.root(creds.name) / path.lstrip("/")).read_bytes() == first + second
+
+
+def test_a_known_address_is_still_known_after_a_restart(tmp_path: Path) -> None:
+    """The reserve for addresses that logged in before survives a restart: a flood of
+    strangers right after one does not keep the district out."""
+    settings = {"server_max_unauthenticated": 4, "server_max_unauthenticated_per_source": 4}
+    with run_daemon(tmp_path, **settings) as daemon:
+        creds = daemon.add_district()
+        with paramiko_client(daemon, creds):  # 127.0.0.1 becomes known
+            pass
+    with run_daemon(tmp_path, **settings) as daemon:
+        flood = idle_connections(daemon, [f"127.0.0.{n}" for n in range(2, 8)], each=4)
+        try:
+            daemon.wait_until(
+                lambda: any(
+                    r["unauthenticated"] == 4
+                    for r in daemon.events("connection.refused", reason="max_unauthenticated")
+                ),
+                "the pool full",
+            )
+            with paramiko_client(daemon, creds) as client:
+                assert "upload" in client.open_sftp().listdir("/")
+        finally:
+            for sock in flood:
+                sock.close()

@@ -11,7 +11,8 @@ flood of them can never refuse a district that has logged in:
 - at most ``max_unauthenticated_per_source`` from one address;
 - an address that authenticated recently (a district's own) skips the early drop and the
   per-source cap, and has a reserve beyond the full pool: a district the server knows
-  gets in while strangers flood it.
+  gets in while strangers flood it. Known addresses are kept in the state database too
+  (``ingest/store/sources.py``), so a restart does not make every district a stranger.
 
 Used on the event loop only.
 """
@@ -21,9 +22,22 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, OrderedDict
+from typing import Protocol
 
 TRUSTED_FOR = 30 * 86400  # seconds an address stays known after a successful login
 TRUSTED_MAX = 4096  # addresses remembered, least recently used first out
+REMEMBER_EVERY = 3600  # seconds between database writes of one address's logins
+
+
+class KnownSourceList(Protocol):
+    """Where known addresses outlive a restart (implemented by
+    ``ingest.store.sources.KnownSources``); blocking, for worker threads."""
+
+    def recent(self, since: float, limit: int) -> list[tuple[str, float]]: ...
+
+    def remember(self, address: str, at: float) -> None: ...
+
+    def forget_before(self, before: float) -> None: ...
 
 
 class Admission:
@@ -73,13 +87,25 @@ class Admission:
         if self._by_source[source] <= 0:
             del self._by_source[source]
 
-    def authenticated(self, source: str) -> None:
-        """Remember ``source`` as a district's address."""
-        self._trusted[source] = time.monotonic()
-        self._trusted.move_to_end(source)
-        while len(self._trusted) > TRUSTED_MAX:
-            self._trusted.popitem(last=False)
+    def load(self, known: list[tuple[str, float]]) -> None:
+        """Addresses known from earlier runs: (address, last login), oldest first."""
+        for source, seen in known:
+            self._remember(source, seen)
+
+    def authenticated(self, source: str) -> bool:
+        """Remember ``source`` as a district's address; True when the database should
+        be told (first time, or an hour since it last was)."""
+        now = time.time()
+        seen = self._trusted.get(source)
+        self._remember(source, now if seen is None or now - seen >= REMEMBER_EVERY else seen)
+        return seen is None or now - seen >= REMEMBER_EVERY
 
     def trusted(self, source: str) -> bool:
         seen = self._trusted.get(source)
-        return seen is not None and time.monotonic() - seen < TRUSTED_FOR
+        return seen is not None and time.time() - seen < TRUSTED_FOR
+
+    def _remember(self, source: str, seen: float) -> None:
+        self._trusted[source] = seen
+        self._trusted.move_to_end(source)
+        while len(self._trusted) > TRUSTED_MAX:
+            self._trusted.popitem(last=False)

@@ -25,7 +25,7 @@ from asyncssh.stream import SSHServerStreamSession
 from ingest.config import ServerConfig
 from ingest.logging import get_logger
 from ingest.sftp import asyncssh_compat
-from ingest.sftp.admission import Admission
+from ingest.sftp.admission import TRUSTED_FOR, TRUSTED_MAX, Admission, KnownSourceList
 from ingest.sftp.authgate import AuthGate
 from ingest.sftp.budget import BufferBudget
 from ingest.sftp.defender import Defender, address_in, networks
@@ -127,6 +127,7 @@ class SFTPService:
         journal: UploadJournal,
         storage: Storage,
         defender: Defender,
+        known_sources: KnownSourceList,
         own_link: Callable[[Path, os.stat_result], bool],
     ) -> None:
         asyncssh_compat.install()
@@ -141,6 +142,7 @@ class SFTPService:
             settings.max_channels_per_connection,
         )
         self.defender = defender
+        self.known_sources = known_sources
         self.admission = Admission(
             settings.max_unauthenticated, settings.max_unauthenticated_per_source
         )
@@ -176,6 +178,9 @@ class SFTPService:
 
     async def start(self) -> int:
         """Listen on the configured address; returns the bound port (useful with port 0)."""
+        since = time.time() - TRUSTED_FOR
+        await asyncio.to_thread(self.known_sources.forget_before, since)
+        self.admission.load(await asyncio.to_thread(self.known_sources.recent, since, TRUSTED_MAX))
         host_keys = asyncssh.load_keypairs([k.key for k in self.host_keys])
         for pair in host_keys:
             pair.host_key_algorithms = [
@@ -208,6 +213,19 @@ class SFTPService:
         )
         self.accepting = True
         return int(self._acceptor.get_port())
+
+    def remember_source(self, source: str) -> None:
+        """In the background: a failure only means the address is a stranger again after
+        the next restart."""
+        done = asyncio.get_running_loop().run_in_executor(
+            self.runtime.executor, self.known_sources.remember, source, time.time()
+        )
+
+        def logged(future: asyncio.Future[None]) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                self.log.error("auth.remember_failed", error=repr(future.exception()))
+
+        done.add_done_callback(logged)
 
     def make_sftp_server(self, chan: SSHChannel[bytes]) -> DistrictSFTPServer:
         assert isinstance(chan, asyncssh.SSHServerChannel)
@@ -499,7 +517,8 @@ class DistrictConnection(asyncssh.SSHServer):
         service = self.service
         district = self.username
         self._authenticated_or_gone()
-        service.admission.authenticated(self.source)
+        if service.admission.authenticated(self.source):
+            service.remember_source(self.source)
         active = service.sessions_by_district.get(district, 0)
         if service.authenticated >= service.limits.max_connections:
             self._refuse("max_connections", "Too many connections")

@@ -145,6 +145,14 @@ STATE_MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE districts ADD COLUMN allowed_sources TEXT NOT NULL DEFAULT '';
     """,
+    # Addresses that logged in successfully (ingest/store/sources.py): known after a
+    # restart too, so that a flood of strangers does not keep their districts out.
+    """
+    CREATE TABLE known_sources (
+        address    TEXT PRIMARY KEY,
+        last_login REAL NOT NULL
+    );
+    """,
 )
 
 
