@@ -45,7 +45,6 @@ class EpochPipeline:
         *,
         districts_dir: Path,
         archive_dir: Path,
-        io_pool: Executor,
         on_published: Callable[[str, str], None],
     ) -> None:
         """``on_published(district, epoch)``: on the event loop, once the epoch left
@@ -56,7 +55,9 @@ class EpochPipeline:
         self.ledger = ledger
         self.runner = ProcessorRunner(config, database, ledger)
         self.log = get_logger("ingest.epochs")
-        self._io_pool = io_pool
+        # Claims and ledger reads: quick, and never queued behind the detector's listings
+        # (a reconcile looks at every district at once).
+        self._io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-claim")
         self._on_published = on_published
         # Publishing comes in bursts (a session that uploaded many epochs closes); its own
         # threads keep detection and claims of other districts from queueing behind it.
@@ -107,6 +108,7 @@ class EpochPipeline:
         self._process_pool.shutdown(wait=True)
         await self._io(self.runner.shutdown)
         self._publish_pool.shutdown(wait=True)
+        self._io_pool.shutdown(wait=True)
 
     def _error(self, district: str, name: str, exc: Exception) -> None:
         """An unexpected error; the reconciler retries from the ledger's state."""

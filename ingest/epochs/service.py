@@ -119,7 +119,6 @@ class EpochService:
             self.ledger,
             districts_dir=self.districts_dir,
             archive_dir=self.archive_dir,
-            io_pool=self._io_pool,
             on_published=self._published,
         )
         self._finished = FinishedFiles()
