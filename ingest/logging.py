@@ -133,8 +133,10 @@ class _Writer:
             self.handler.flush()
 
     def stop(self) -> None:
-        self.listener.stop()  # handles what is queued first
-        self.handler.flush()
+        self.queue.join()  # room for the listener's sentinel: never queue.Full
+        self.listener.stop()
+        with contextlib.suppress(ValueError, OSError):
+            self.handler.flush()
 
 
 _writer: _Writer | None = None
