@@ -33,6 +33,7 @@ from ingest.server import Server
 from ingest.sftp import load_or_create_host_keys
 from ingest.store import Database, DistrictError, DistrictStore
 from ingest.store.bans import Ban, BanStore, normalise
+from ingest.text import formula_safe, printable
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command killed by it
@@ -218,6 +219,12 @@ def _parser() -> argparse.ArgumentParser:
     export = ac.add_parser("export", help="active accounts, as users.csv (round-trips)")
     export.add_argument("district")
     export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument(
+        "--raw",
+        action="store_true",
+        help="cells exactly as stored (by default a cell that starts like a spreadsheet "
+        "formula, with = + - @, is prefixed with ')",
+    )
     export.set_defaults(handler=_accounts_export)
     hist = ac.add_parser("history", help="every change to one account, oldest first")
     hist.add_argument("district")
@@ -396,12 +403,12 @@ def _epochs_show(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(record.to_json(), indent=2))
         return 0
     published = processed_report(config, args.district, args.epoch)
-    print(
+    text = (
         published.read_text()
         if record.published_at and published.is_file()
-        else render_text(record),
-        end="",
+        else render_text(record)
     )
+    print(printable(text, keep="\n"), end="")  # reports published before were not escaped
     print(
         f"\nledger: state={record.state} attempts={record.attempts} "
         f"published_at={record.published_at}"
@@ -574,6 +581,8 @@ def _accounts_export(args: argparse.Namespace, config: Config) -> int:
         return 0
     writer = csv.DictWriter(sys.stdout, fieldnames=list(COLUMNS), lineterminator="\r\n")
     writer.writeheader()
+    if not args.raw:
+        rows = [{k: formula_safe(v) for k, v in row.items()} for row in rows]
     writer.writerows(rows)
     return 0
 

@@ -391,3 +391,34 @@ def test_comparison_statements_come_in_few_sizes() -> None:
     sizes = {_padded(rows) for rows in range(1, BATCH + 1)}
     assert len(sizes) <= 12 and max(sizes) == BATCH
     assert all(_padded(rows) >= rows for rows in range(1, BATCH + 1))
+
+
+@pytest.mark.parametrize(
+    ("email", "code"),
+    [
+        ("admin@example.org", None),
+        ("\u043c\u0430\u0440\u0438\u044f@\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444", None),
+        ("\u5c71\u7530\u305f\u308d\u3046@example.jp", None),  # kanji and kana together
+        ("jos\u00e9@example.org", None),
+        ("\u0430dmin@example.org", "email_mixed_script"),  # a Cyrillic a among Latin
+        ("\uff46oo@example.org", "email_mixed_script"),  # a fullwidth f
+        ("a\u202eb@example.org", "value_invalid"),  # a bidi override
+        ("\ufeffa@example.org", "value_invalid"),  # a BOM
+        ("a\x07b@example.org", "value_invalid"),
+        ("+1@example.org", "value_invalid"),
+    ],
+)
+def test_an_email_address_is_an_identity(email: str, code: str | None) -> None:
+    from ingest.provisioning.identity import email_problem, normalise
+
+    problem = email_problem(normalise(email))
+    assert (problem[0] if problem else None) == code
+
+
+def test_printable_escapes_what_would_act_on_a_terminal() -> None:
+    from ingest.text import printable
+
+    assert printable("users\x1b[2J.csv") == "users\\x1b[2J.csv"
+    assert printable("a\u200bb\u202ec") == "a\\u200bb\\u202ec"
+    assert printable("line one\nline two", keep="\n") == "line one\nline two"
+    assert printable("Mar\u00eda \u5c71\u7530") == "Mar\u00eda \u5c71\u7530"

@@ -228,3 +228,50 @@ def test_full_sync_never_deletes_for_a_skipped_row(daemon: Daemon, district: Cre
     assert report["status"] == "applied" and report["counts"]["deleted"] == 0
     assert "full_sync_skipped" in {w["code"] for w in report["warnings"]}
     assert len(export(daemon, district.name)) == 39
+
+
+def test_hostile_values_never_become_accounts_or_reach_a_terminal_raw(
+    daemon: Daemon, district: Credentials
+) -> None:
+    """Control characters, invisible characters, look-alike letters and formulas: through
+    the upload, the report, errors.csv, the export and `ingest epochs show`."""
+    esc = "\x1b]0;owned\x07"
+    content = (
+        HEADER
+        + "admin@example.org,Real,Admin,,,,\r\n"
+        + "\u0430dmin@example.org,Fake,Admin,,,,\r\n"  # a Cyrillic a
+        + f"x{esc}@example.org,Esc,Mail,,,,\r\n"
+        + "z\u200bw@example.org,Zero,Width,,,,\r\n"
+        + "=cmd@example.org,Formula,Mail,,,,\r\n"
+        + f"bell@example.org,Be{esc}ll,Name,,,,\r\n"
+        + "jos\u0065\u0301@example.org,Jose,Nfc,,,,\r\n"  # decomposed: stored composed
+        + "sum@example.org,=SUM(A1),@Evil,,,,\r\n"
+        + "".join(f"u{n}@example.org,U{n},Row,,,,\r\n" for n in range(200))
+    )
+    epoch = "20260420-020000"
+    report = upload(daemon, district, epoch, content)
+    assert report["status"] == "applied"
+    by_line = {e["line"]: e["code"] for e in report["errors"]}
+    assert by_line == {
+        3: "email_mixed_script",
+        4: "value_invalid",
+        5: "value_invalid",
+        6: "value_invalid",
+        7: "value_invalid",
+    }
+    emails = {r["Email"] for r in export(daemon, district.name)}
+    assert "admin@example.org" in emails and "jos\u00e9@example.org" in emails
+    assert not any("\u0430" in e or "\x1b" in e or "\u200b" in e for e in emails)
+    folder = daemon.root(district.name) / "upload-processed" / epoch
+    text = (folder / "report.txt").read_text()
+    assert "\x1b" not in text and "\x07" not in text and "\\x1b" in text
+    raw_errors = (folder / "errors.csv").read_bytes()
+    assert raw_errors.startswith(b"\xef\xbb\xbf")  # Excel reads it as UTF-8
+    assert b"\x1b" not in raw_errors
+    shown = daemon.cli("epochs", "show", district.name, epoch).stdout
+    assert "\x1b" not in shown and "email_mixed_script" in shown
+    exported = {r["Email"]: r for r in export(daemon, district.name)}
+    assert exported["sum@example.org"]["First Name"] == "'=SUM(A1)"  # formula-safe
+    assert exported["sum@example.org"]["Last Name"] == "'@Evil"
+    raw = daemon.cli("accounts", "export", district.name, "--raw").stdout
+    assert ",=SUM(A1),@Evil," in raw  # exactly as stored, on request

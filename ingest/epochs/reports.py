@@ -10,12 +10,14 @@ from typing import Any
 
 from ingest.epochs.handoff import Finding
 from ingest.epochs.ledger import EpochRecord
+from ingest.text import formula_safe, printable
 
 REPORT_JSON = "report.json"
 REPORT_TXT = "report.txt"
 ERRORS_CSV = "errors.csv"
 REPORT_NAMES = frozenset({REPORT_JSON, REPORT_TXT, ERRORS_CSV})
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Excel reads a CSV file without one as the system's code page: josé shows as josÃ©.
+UTF8_BOM = "\ufeff"
 MAX_LISTED_PER_CODE = 20
 
 _HEADLINES = {
@@ -92,7 +94,9 @@ def render_text(record: EpochRecord) -> str:
         "Every code is explained in the district guide (docs/districts.md in the "
         "ingest documentation; ask your operator for it).",
     ]
-    return "\n".join(lines) + "\n"
+    # File names and values come from the district's files: nothing in them may act on
+    # the terminal or the editor that shows the report.
+    return printable("\n".join(lines) + "\n", keep="\n")
 
 
 def group_findings(findings: list[Finding]) -> list[str]:
@@ -111,21 +115,22 @@ def group_findings(findings: list[Finding]) -> list[str]:
     return lines
 
 
-def _cell(value: object) -> str:
-    """Neutralise spreadsheet formulas: a cell that starts like one is prefixed with '."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
-
-
 def render_errors_csv(record: EpochRecord) -> str | None:
-    """One row per row-level error (those with a line number), or None when there are none."""
+    """One row per row-level error (those with a line number), or None when there are
+    none. Starts with a UTF-8 BOM for Excel; every cell formula-safe and printable."""
     outcome = record.outcome
     rows = [f for f in (outcome.errors if outcome else ()) if f.line is not None]
     if not rows:
         return None
     out = io.StringIO()
+    out.write(UTF8_BOM)
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["file", "line", "column", "code", "message", "value"])
     for f in rows:
-        writer.writerow([_cell(v) for v in (f.file, f.line, f.column, f.code, f.message, f.value)])
+        writer.writerow(
+            [
+                formula_safe(None if v is None else printable(str(v)))
+                for v in (f.file, f.line, f.column, f.code, f.message, f.value)
+            ]
+        )
     return out.getvalue()

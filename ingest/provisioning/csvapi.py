@@ -20,7 +20,9 @@ from operator import itemgetter
 from pathlib import Path
 
 from ingest.epochs.handoff import Finding
+from ingest.provisioning.identity import EMAIL, email_problem, normalise
 from ingest.provisioning.staging import BATCH, Stage, StagedRow
+from ingest.text import FORMULA_START, hidden_characters
 
 FILE_NAME = "users.csv"
 REQUIRED = ("Email", "First Name", "Last Name")
@@ -37,8 +39,10 @@ MAX_LENGTHS = {
 TRUE_VALUES = frozenset({"true", "yes", "y", "1"})
 FALSE_VALUES = frozenset({"", "false", "no", "n", "0"})
 _DELETED_VALUES = TRUE_VALUES | FALSE_VALUES
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]{2,}")
 _STAFF_ID = re.compile(r"[A-Za-z0-9]+")
+# Control characters but tab and line ends (which the CSV reader deals with): ESC, BEL...
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _EXCERPT = 60
 _CHUNK = 1 << 20
 # No valid row comes near this (every column at its length limit is a few tens of KB).
@@ -138,6 +142,9 @@ class _Validator:
         self.file = file
         self.report = ValidationReport()
         self.width = 0  # fields per row, from the header
+        # The raw bytes hold a control character somewhere: only then are the rows'
+        # fields searched for one (a rare file pays, not every file).
+        self.controls = False
 
     # --- findings --------------------------------------------------------------------
 
@@ -241,6 +248,8 @@ class _Validator:
                 chunk, carry = chunk[:cut], chunk[cut:]
                 if not chunk:
                     continue
+                if not self.controls and _CONTROL_BYTES.search(chunk):
+                    self.controls = True
                 line = self._check_chunk(chunk, offset, lines)
                 if line is None:
                     open_line, line = self._check_line_lengths(chunk, open_line, lines)
@@ -249,6 +258,7 @@ class _Validator:
                 offset += len(chunk)
                 lines += chunk.count(b"\n")
             if carry:
+                self.controls = self.controls or bool(_CONTROL_BYTES.search(carry))
                 return self._check_chunk(carry, offset, lines)
         return None
 
@@ -424,8 +434,10 @@ class _Validator:
         other goes through :meth:`check_values`, which names every problem."""
         report, width, known = self.report, self.width, self.buildings
         longest = self.limits.max_field_length
-        email_ok = _EMAIL.fullmatch
+        email_ok = EMAIL.fullmatch
         deleted_values, true_values = _DELETED_VALUES, TRUE_VALUES
+        formula = FORMULA_START
+        control = _CONTROL.search if self.controls else None
         batch: list[StagedRow] = []
         line_num = reader.line_num  # type: ignore[attr-defined]
         rows = 0  # counted in a local (this loop runs once per row), added at the end
@@ -466,6 +478,11 @@ class _Validator:
             email, first, last, middle, staff, title, role, buildings, deleted = map(
                 str.strip, getter(fields)
             )
+            if email.isascii():  # the common case: the shape is the whole check
+                email_good = email_ok(email) is not None and not email.startswith(formula)
+            else:  # identity.py: normalised, no hidden characters, one script a part
+                email = normalise(email)
+                email_good = email_problem(email) is None
             if (
                 first
                 and last
@@ -474,7 +491,7 @@ class _Validator:
                 and len(middle) <= 100
                 and len(title) <= 200
                 and len(email) <= 254
-                and email_ok(email)
+                and email_good
                 and (not staff or (len(staff) <= 20 and staff.isascii() and staff.isalnum()))
                 and (not deleted or deleted.lower() in deleted_values)
                 and (not role or (buildings and role.count(";") == buildings.count(";")))
@@ -482,6 +499,10 @@ class _Validator:
                 and len(buildings) <= longest
                 and len(deleted) <= longest
                 and (known is None or not buildings or self.all_known(buildings))
+                and (
+                    control is None
+                    or not any(map(control, (first, last, middle, staff, title, role, buildings)))
+                )
             ):
                 batch.append(
                     (
@@ -559,12 +580,19 @@ class _Validator:
         problems = list(self.check_values(value))
         if not problems:  # cannot happen: the inline checks are a subset of these
             raise AssertionError(f"line {line} failed the inline checks only")
-        self.skipped(value["Email"] if _EMAIL.fullmatch(value["Email"]) else "")
+        self.skipped(value["Email"] if email_problem(value["Email"]) is None else "")
         for code, message, column in problems:
             self._add(self.report.row_errors, code, message, line, column, value[column])
 
     def check_values(self, value: dict[str, str]) -> Iterator[tuple[str, str, str]]:
         for name, text in value.items():
+            if name != "Email" and _CONTROL.search(text):  # the e-mail's own check says it
+                yield (
+                    "value_invalid",
+                    f"{name} contains a control character ({hidden_characters(text)[0]}), "
+                    "which no name or value may hold; remove it",
+                    name,
+                )
             limit = MAX_LENGTHS.get(name, self.limits.max_field_length)
             if len(text) > limit:
                 yield "value_too_long", f"{name} is {len(text)} characters; at most {limit}", name
@@ -572,8 +600,9 @@ class _Validator:
             if not value[name]:
                 yield "value_required", f"{name} is required", name
         email = value["Email"]
-        if email and not _EMAIL.fullmatch(email):
-            yield "value_invalid", f"{email!r} is not an e-mail address", "Email"
+        problem = email_problem(email) if email else None
+        if problem is not None:
+            yield problem[0], problem[1], "Email"
         staff_id = value["Staff Id"]
         if staff_id and not _STAFF_ID.fullmatch(staff_id):
             yield "value_invalid", "Staff Id must be letters and digits only", "Staff Id"
