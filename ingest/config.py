@@ -175,6 +175,8 @@ class ProvisioningConfig:
     max_field_length: int = field(default=1000, metadata=_check(_positive))
     # More bad rows than this share of data rows rejects the whole file.
     max_bad_row_share: float = field(default=0.05, metadata=_check(_non_negative))
+    # ...and at least this many bad rows: three bad rows never reject a 40-row file.
+    max_bad_rows_min: int = field(default=10, metadata=_check(_non_negative))
     # An epoch that would delete more than this share of the active accounts AND more
     # than deletion_min accounts is held for an operator (ingest epochs approve|discard).
     deletion_share: float = field(default=0.10, metadata=_check(_non_negative))

@@ -174,7 +174,7 @@ def test_newline_inside_a_field(tmp_path: Path) -> None:
 def test_a_quote_never_closed_swallows_the_rest_and_rejects(tmp_path: Path) -> None:
     content = (HEADER + 'ann@example.org,"Ann,Lee,,,,,,\r\n' + MANY_GOOD).encode()
     errors, _ = codes(tmp_path, content)
-    assert errors == ["quote_unbalanced", "too_many_bad_rows"]
+    assert errors == ["quote_unbalanced"]  # one bad row: below max_bad_rows_min
 
 
 def test_duplicates_name_both_lines(tmp_path: Path) -> None:
@@ -422,3 +422,47 @@ def test_printable_escapes_what_would_act_on_a_terminal() -> None:
     assert printable("a\u200bb\u202ec") == "a\\u200bb\\u202ec"
     assert printable("line one\nline two", keep="\n") == "line one\nline two"
     assert printable("Mar\u00eda \u5c71\u7530") == "Mar\u00eda \u5c71\u7530"
+
+
+FORTY = "".join(f"f{i}@example.org,F,{i},,,,,,\r\n" for i in range(40))
+
+
+def test_rows_of_commas_only_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    """Excel leaves them where rows were cleared: three of them rejected a good file."""
+    path = tmp_path / "users.csv"
+    path.write_bytes((HEADER + FORTY + ",,,,,,,,\r\n" * 3 + ",,\r\n").encode())
+    report = validate_users_csv(path)
+    assert not report.errors and report.valid_rows == 40 and report.rows == 40
+    (warning,) = [w for w in report.warnings if w.code == "rows_empty"]
+    assert (
+        warning.line == 42 and "4 row(s)" in warning.message and "42, 43, 44, 45" in warning.message
+    )
+
+
+def test_a_few_bad_rows_never_reject_a_small_file(tmp_path: Path) -> None:
+    bad = "".join(f"b{i}@example.org,,Missing,,,,,,\r\n" for i in range(3))  # 3 of 43: 7 %
+    errors, _ = codes(tmp_path, (HEADER + FORTY + bad).encode())
+    assert errors == ["value_required"]  # skipped, not rejected: below max_bad_rows_min
+    errors, _ = codes(tmp_path, (HEADER + FORTY + bad).encode(), max_bad_rows_min=3)
+    assert "too_many_bad_rows" in errors
+
+
+def test_excel_mistakes_get_excel_advice(tmp_path: Path) -> None:
+    path = tmp_path / "users.csv"
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # an .xlsx named .csv
+    report = validate_users_csv(path)
+    assert [f.code for f in report.file_errors] == ["file_is_workbook"]
+    assert "Save As" in report.file_errors[0].message
+    path.write_bytes(
+        (
+            HEADER.replace("Deleted\r\n", "Deleted,\r\n")  # Excel's empty trailing column
+            + "sci@example.org,Sci,Note,,1.23E+05,,,,,\r\n"
+            + FORTY.replace("\r\n", ",\r\n")
+        ).encode()
+    )
+    report = validate_users_csv(path)
+    assert [w.code for w in report.warnings] == ["column_empty"]
+    assert "column 10" in report.warnings[0].message
+    (error,) = report.row_errors
+    assert "scientific notation" in error.message and "Text" in error.message
+    assert error.email == "sci@example.org" and error.value == "1.23E+05"

@@ -265,9 +265,12 @@ def test_hostile_values_never_become_accounts_or_reach_a_terminal_raw(
     folder = daemon.root(district.name) / "upload-processed" / epoch
     text = (folder / "report.txt").read_text()
     assert "\x1b" not in text and "\x07" not in text and "\\x1b" in text
+    assert ":7 (bell@example.org): First Name contains a control character" in text
     raw_errors = (folder / "errors.csv").read_bytes()
     assert raw_errors.startswith(b"\xef\xbb\xbf")  # Excel reads it as UTF-8
     assert b"\x1b" not in raw_errors
+    listed = list(csv.DictReader(io.StringIO(raw_errors.decode("utf-8-sig"))))
+    assert {r["line"]: r["email"] for r in listed}["7"] == "bell@example.org"
     shown = daemon.cli("epochs", "show", district.name, epoch).stdout
     assert "\x1b" not in shown and "email_mixed_script" in shown
     exported = {r["Email"]: r for r in export(daemon, district.name)}

@@ -38,6 +38,7 @@ class Finding:
     line: int | None = None
     column: str | None = None
     value: str | None = None
+    email: str | None = None  # the row's e-mail address, when it has a valid one
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -109,7 +109,11 @@ def group_findings(findings: list[Finding]) -> list[str]:
         lines.append(f"  [{code}] x{len(items)}")
         for item in items[:MAX_LISTED_PER_CODE]:
             where = ":".join(str(p) for p in (item.file, item.line) if p is not None)
-            lines.append(f"    {where + ': ' if where else ''}{item.message}")
+            who = f" ({item.email})" if item.email else ""
+            # The value, unless the message shows it already (most do, quoted).
+            shown = item.value is None or not item.value or repr(item.value) in item.message
+            value = "" if shown else f" [{item.column or 'value'}: {item.value!r}]"
+            lines.append(f"    {where}{who}{': ' if where or who else ''}{item.message}{value}")
         if len(items) > MAX_LISTED_PER_CODE:
             lines.append(f"    ... and {len(items) - MAX_LISTED_PER_CODE} more")
     return lines
@@ -125,12 +129,12 @@ def render_errors_csv(record: EpochRecord) -> str | None:
     out = io.StringIO()
     out.write(UTF8_BOM)
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(["file", "line", "column", "code", "message", "value"])
+    writer.writerow(["file", "line", "email", "column", "code", "message", "value"])
     for f in rows:
         writer.writerow(
             [
                 formula_safe(None if v is None else printable(str(v)))
-                for v in (f.file, f.line, f.column, f.code, f.message, f.value)
+                for v in (f.file, f.line, f.email, f.column, f.code, f.message, f.value)
             ]
         )
     return out.getvalue()

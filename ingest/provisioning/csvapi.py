@@ -40,6 +40,7 @@ TRUE_VALUES = frozenset({"true", "yes", "y", "1"})
 FALSE_VALUES = frozenset({"", "false", "no", "n", "0"})
 _DELETED_VALUES = TRUE_VALUES | FALSE_VALUES
 _STAFF_ID = re.compile(r"[A-Za-z0-9]+")
+_SCIENTIFIC = re.compile(r"\d(?:[.,]\d+)?E[+-]?\d+", re.IGNORECASE)  # 1.23E+05
 # Control characters but tab and line ends (which the CSV reader deals with): ESC, BEL...
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -59,6 +60,7 @@ class Limits:
     max_file_bytes: int = 512 * 1024 * 1024
     max_field_length: int = 1000
     max_bad_row_share: float = 0.05
+    max_bad_rows_min: int = 10  # fewer bad rows never reject a file, whatever their share
     max_findings: int = 10_000  # beyond this only counts are kept
 
 
@@ -145,6 +147,7 @@ class _Validator:
         # The raw bytes hold a control character somewhere: only then are the rows'
         # fields searched for one (a rare file pays, not every file).
         self.controls = False
+        self.empty_rows: list[int] = []  # lines of rows with nothing but commas
 
     # --- findings --------------------------------------------------------------------
 
@@ -156,6 +159,7 @@ class _Validator:
         line: int | None = None,
         column: str | None = None,
         value: str | None = None,
+        email: str | None = None,
     ) -> None:
         listed = len(self.report.row_errors) + len(self.report.warnings)
         if bucket is not self.report.file_errors and listed >= self.limits.max_findings:
@@ -169,6 +173,7 @@ class _Validator:
                 line,
                 column,
                 excerpt(value) if value is not None else None,
+                email or None,
             )
         )
 
@@ -229,6 +234,14 @@ class _Validator:
             return 0
         with path.open("rb") as fh:
             head = fh.read(4)
+            if head.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
+                self.file_error(
+                    "file_is_workbook",
+                    f"{self.file} is an Excel workbook (.xlsx or .xls) with a .csv name; "
+                    "open it in Excel and use Save As 'CSV UTF-8 (Comma delimited) (*.csv)'",
+                    line=1,
+                )
+                return 0
             if head.startswith((b"\xff\xfe", b"\xfe\xff")) or head[1:2] == b"\x00":
                 self.file_error(
                     "encoding_utf16",
@@ -364,14 +377,27 @@ class _Validator:
         self.report.row_errors.sort(key=lambda f: f.line or 0)
         if not self.report.file_errors and self.report.rows == 0:
             self.file_error("no_data_rows", f"{self.file} has a header but no data rows")
-        rows = self.report.rows
-        if rows and self.report.bad_rows > self.limits.max_bad_row_share * rows:
-            share = 100 * self.report.bad_rows / rows
+        rows, bad = self.report.rows, self.report.bad_rows
+        if (
+            rows
+            and bad > self.limits.max_bad_row_share * rows
+            and bad >= self.limits.max_bad_rows_min
+        ):
+            share = 100 * bad / rows
             self.file_error(
                 "too_many_bad_rows",
-                f"{self.report.bad_rows} of {rows} rows ({share:.1f} %) have errors, more "
-                f"than the {100 * self.limits.max_bad_row_share:g} % allowed: this looks "
-                "like a broken export, so the whole file is rejected",
+                f"{bad} of {rows} rows ({share:.1f} %) have errors, more than the "
+                f"{100 * self.limits.max_bad_row_share:g} % allowed: this looks like a "
+                "broken export, so the whole file is rejected",
+            )
+        if self.empty_rows:
+            lines = ", ".join(str(n) for n in self.empty_rows[:20])
+            more = f" and {len(self.empty_rows) - 20} more" if len(self.empty_rows) > 20 else ""
+            self.warn(
+                "rows_empty",
+                f"{len(self.empty_rows)} row(s) with nothing but commas were skipped (lines "
+                f"{lines}{more}); Excel leaves them when rows are cleared instead of deleted",
+                self.empty_rows[0],
             )
         return self.report
 
@@ -398,7 +424,14 @@ class _Validator:
                 columns[name] = index
                 continue
             meant = meant_column(name)
-            if meant is not None:
+            if not name.strip():
+                self.warn(
+                    "column_empty",
+                    f"column {index + 1} of the header has no name (Excel keeps a column "
+                    "that once held something); it was ignored, but deleting it is tidier",
+                    1,
+                )
+            elif meant is not None:
                 self.file_error(
                     "column_misnamed",
                     f"column {name!r} should be named exactly "
@@ -455,9 +488,14 @@ class _Validator:
                     break  # the rest of the file cannot be read reliably
                 continue
             line_num = reader.line_num  # type: ignore[attr-defined]
+            # Blank lines and rows of commas only (Excel leaves them where rows were
+            # cleared, not deleted) are not rows. A first field with text rules that out
+            # at the cost of one test (the hot path).
+            if (len(fields) != width or not fields[0]) and not any(f.strip() for f in fields):
+                if len(fields) > 1:
+                    self.empty_rows.append(start)
+                continue
             if len(fields) != width:
-                if not fields or (len(fields) == 1 and not fields[0].strip()):
-                    continue  # blank lines (Excel leaves them at the end) are not rows
                 rows += 1
                 if line_num != start:
                     self.newline_in_field(start)
@@ -580,9 +618,10 @@ class _Validator:
         problems = list(self.check_values(value))
         if not problems:  # cannot happen: the inline checks are a subset of these
             raise AssertionError(f"line {line} failed the inline checks only")
-        self.skipped(value["Email"] if email_problem(value["Email"]) is None else "")
+        email = value["Email"] if email_problem(value["Email"]) is None else ""
+        self.skipped(email)
         for code, message, column in problems:
-            self._add(self.report.row_errors, code, message, line, column, value[column])
+            self._add(self.report.row_errors, code, message, line, column, value[column], email)
 
     def check_values(self, value: dict[str, str]) -> Iterator[tuple[str, str, str]]:
         for name, text in value.items():
@@ -605,7 +644,13 @@ class _Validator:
             yield problem[0], problem[1], "Email"
         staff_id = value["Staff Id"]
         if staff_id and not _STAFF_ID.fullmatch(staff_id):
-            yield "value_invalid", "Staff Id must be letters and digits only", "Staff Id"
+            hint = (
+                f"; {staff_id!r} is how Excel shows a long number in scientific notation: "
+                "format the column as Text before you save, or the digits are lost"
+                if _SCIENTIFIC.fullmatch(staff_id)
+                else ""
+            )
+            yield "value_invalid", f"Staff Id must be letters and digits only{hint}", "Staff Id"
         if value["Deleted"].lower() not in _DELETED_VALUES:
             yield (
                 "value_invalid",

@@ -45,6 +45,7 @@ class ProvisioningProcessor:
             max_file_bytes=settings.max_file_bytes,
             max_field_length=settings.max_field_length,
             max_bad_row_share=settings.max_bad_row_share,
+            max_bad_rows_min=settings.max_bad_rows_min,
         )
 
     @contextmanager
