@@ -298,6 +298,12 @@ class Ledger:
             ).fetchone()
         return row["name"] if row else None
 
+    def last_applied(self, district: str) -> EpochRecord | None:
+        """The district's newest applied epoch (the status files show it)."""
+        with self.db.read() as conn:
+            name = self._latest_applied(conn, district)
+        return self.get(district, name) if name else None
+
     @staticmethod
     def _latest_applied(conn: sqlite3.Connection, district: str) -> str | None:
         row = conn.execute(

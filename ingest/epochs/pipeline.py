@@ -28,6 +28,7 @@ from ingest.epochs.isolation import ProcessorDied, ProcessorRunner
 from ingest.epochs.ledger import EpochRecord, Ledger
 from ingest.epochs.names import PROCESSED, UPLOAD
 from ingest.epochs.reports import render_errors_csv, render_json, render_text
+from ingest.epochs.status import StatusBoard
 from ingest.logging import get_logger
 from ingest.store.db import Database
 
@@ -45,6 +46,7 @@ class EpochPipeline:
         *,
         districts_dir: Path,
         archive_dir: Path,
+        status: StatusBoard,
         on_published: Callable[[str, str], None],
     ) -> None:
         """``on_published(district, epoch)``: on the event loop, once the epoch left
@@ -53,6 +55,7 @@ class EpochPipeline:
         self.districts_dir = districts_dir
         self.archive_dir = archive_dir
         self.ledger = ledger
+        self.status = status
         self.runner = ProcessorRunner(config, database, ledger)
         self.log = get_logger("ingest.epochs")
         # Claims and ledger reads: quick, and never queued behind the detector's listings
@@ -166,6 +169,8 @@ class EpochPipeline:
         state, record = claimed
         if state == "superseded":
             self.log.warning("epoch.superseded", district=district, epoch=name)
+            message = record.outcome.message if record.outcome else "a newer upload was applied"
+            self.status.epoch(district, name, "superseded", "superseded", message)
         elif state == "processing":
             self.log.info("epoch.claimed", district=district, epoch=name, attempt=record.attempts)
             # Shielded, and awaited by stop(): a shutdown lets the processor finish and log
@@ -203,6 +208,7 @@ class EpochPipeline:
             return False
         if error is not None:
             self.log.error("epoch.failed", district=record.district, epoch=record.name, **error)
+            self._tell(record, outcome)
             return True
         level = "info" if outcome.status == "applied" else "warning"
         getattr(self.log, level)(
@@ -216,7 +222,19 @@ class EpochPipeline:
             codes=sorted({f.code for f in outcome.errors}),
             duration=round(time.monotonic() - started, 3),
         )
+        self._tell(record, outcome)
         return True
+
+    def _tell(self, record: EpochRecord, outcome: Outcome) -> None:
+        """The district's status files: the last applied epoch, or one not applied."""
+        district, name = record.district, record.name
+        if outcome.status == "applied":
+            self.status.applied(district, name, outcome.summary)
+            return
+        code = outcome.errors[0].code if outcome.errors else outcome.status
+        report = f"/{PROCESSED}/{name}/report.txt"
+        message = f"{outcome.message or outcome.status}; see {report}"
+        self.status.epoch(district, name, outcome.status, code, message)
 
     def _archive_and_apply(self, record: EpochRecord) -> tuple[Outcome, dict[str, Any] | None]:
         """Worker thread: the immutable copy, then the processor's effects and the final

@@ -33,10 +33,12 @@ from ingest.epochs.names import MARKER, PROCESSED, UPLOAD
 from ingest.epochs.pipeline import EpochPipeline
 from ingest.epochs.policy import EpochPolicy, EpochRegistry
 from ingest.epochs.scan import Verdict, judge_epoch, list_upload, read_epoch
+from ingest.epochs.status import StatusBoard
 from ingest.epochs.watcher import UploadWatcher
 from ingest.logging import get_logger
 from ingest.sftp import (
     PathRenamed,
+    RequestRefused,
     SessionClosed,
     SFTPEvent,
     UploadAborted,
@@ -113,12 +115,15 @@ class EpochService:
         # seconds per GiB, so never in the pool that lists every district's folders.
         self._hash_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="epoch-hash")
         self._stop_hashing = threading.Event()  # set by stop(): hashing ends within a chunk
+        # What each district reads about itself in its root (STATUS.txt, status.json).
+        self.status = StatusBoard(self.districts_dir, self._io_pool)
         self.pipeline = EpochPipeline(
             config,
             database,
             self.ledger,
             districts_dir=self.districts_dir,
             archive_dir=self.archive_dir,
+            status=self.status,
             on_published=self._published,
         )
         self._finished = FinishedFiles()
@@ -152,6 +157,7 @@ class EpochService:
             for name in staged:
                 self._promoted.add((district, name))
                 self.log.info("epoch.promoted", district=district, epoch=name, recovered=True)
+            await self._load_status(district)
         for record in await self._io(self.ledger.pending):
             self.registry.submitted[record.district].add(record.name)
             self.pipeline.enqueue(record.district, record.name)
@@ -205,9 +211,22 @@ class EpochService:
             return False
         return zone == PROCESSED and (twin.st_dev, twin.st_ino) == (st.st_dev, st.st_ino)
 
+    async def _load_status(self, district: str) -> None:
+        """The status files after a start: the last applied epoch and the held ones."""
+        applied = await self._io(self.ledger.last_applied, district)
+        if applied is not None and applied.outcome is not None:
+            self.status.applied(
+                district, applied.name, applied.outcome.summary, applied.finished_at or ""
+            )
+        for held in await self._io(self.ledger.list_epochs, district, "held"):
+            message = held.outcome.message if held.outcome else "held for an operator"
+            self.status.epoch(district, held.name, "held", "held", message)
+        self.status.flush_now(district)
+
     def _published(self, district: str, name: str) -> None:
         """The pipeline moved the epoch out of /upload/: forget what was only needed while
         it was there."""
+        self.status.gone(district, name)
         self.registry.submitted[district].discard(name)
         self._finished.forget_dir(self._upload_dir(district) / name)
         prefix = f"/upload/{name}"
@@ -225,6 +244,7 @@ class EpochService:
 
     def _new_district(self, district: str) -> None:
         self.mark_dirty(district, None)
+        self.status.flush_now(district)  # its status files exist from the start
         if self._watcher is not None:
             self._watch(self._watcher.watch_district, district, None)
 
@@ -277,6 +297,8 @@ class EpochService:
             self._touched(event.district, event.new_path)
         elif isinstance(event, SessionClosed):
             self.pipeline.session_closed(event.session_id)
+        elif isinstance(event, RequestRefused):
+            self.status.refused(event.district, event.code, event.path, event.message)
 
     @staticmethod
     def _epoch_of(path: str) -> str | None:
@@ -397,6 +419,7 @@ class EpochService:
                 "file is outside an epoch directory and is not processed",
             )
         await self._maybe_promote(district, upload_dir, listing.auto_files, listing.temp_files)
+        self.status.present(district, set(listing.epochs))
         return {e for e in listing.epochs if not self.registry.is_submitted(district, e)}
 
     async def _maybe_promote(
@@ -473,6 +496,7 @@ class EpochService:
             self.log.warning(
                 "epoch.notice", district=district, path=path, code=code, message=message
             )
+            self.status.refused(district, code, path, message)
 
     async def _look_at_epoch(self, district: str, name: str) -> None:
         if self.registry.is_submitted(district, name) or name in self.registry.known[district]:
@@ -515,6 +539,8 @@ class EpochService:
             marker_settle=self.settings.marker_settle,
             marker_seen_at=marker_closed[2] if marker_closed else None,
         )
+        if not verdict.ready:
+            self.status.waiting(district, name, verdict.reason)
         if verdict.reason == "stale":
             if (district, name) not in self._stale:
                 self._stale.add((district, name))
@@ -581,6 +607,7 @@ class EpochService:
         self.registry.known[district].add(name)
         if not inserted:
             return
+        self.status.waiting(district, name, "received")
         self.log.info(
             "epoch.ready",
             district=district,

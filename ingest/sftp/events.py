@@ -67,7 +67,20 @@ class SessionClosed:
     session_id: str
 
 
-SFTPEvent = UploadStarted | UploadFinished | UploadAborted | PathRenamed | SessionClosed
+@dataclass(frozen=True)
+class RequestRefused:
+    """A request was refused (the policy, a storage limit): the client may only have seen
+    "Permission denied", so the district is told in full elsewhere (its status files)."""
+
+    district: str
+    path: str
+    code: str
+    message: str
+
+
+SFTPEvent = (
+    UploadStarted | UploadFinished | UploadAborted | PathRenamed | SessionClosed | RequestRefused
+)
 
 
 class SFTPEventHandler(Protocol):

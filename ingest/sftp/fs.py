@@ -31,6 +31,7 @@ from ingest.sftp import asyncssh_compat
 from ingest.sftp.events import (
     OpenUpload,
     PathRenamed,
+    RequestRefused,
     UploadAborted,
     UploadFinished,
     UploadStarted,
@@ -137,6 +138,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         """A storage limit: logged, and told to the client as a failure with its reason."""
         shown = path.decode("utf-8", "replace") if isinstance(path, bytes) else path
         self._log.warning("upload.refused", code=refusal.code, path=shown, message=refusal.message)
+        self._tell(shown, refusal.code, refusal.message)
         return asyncssh.SFTPFailure(refusal.message)
 
     def _deny(self, operation: str, path: bytes | str, denial: Denied) -> asyncssh.SFTPError:
@@ -148,7 +150,15 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             reason=denial.reason,
             message=denial.message,
         )
+        self._tell(shown, denial.reason, denial.message)
         return asyncssh.SFTPPermissionDenied(denial.message)
+
+    def _tell(self, path: str, code: str, message: str) -> None:
+        """Clients like OpenSSH's sftp show only "Permission denied": the layer above
+        tells the district the whole message."""
+        self._runtime.events.handle_sftp_event(
+            RequestRefused(self._session.district, path, code, message)
+        )
 
     # --- files -----------------------------------------------------------------------
 

@@ -1,0 +1,163 @@
+"""The status files in each district's root: every mistake explained where the district
+can read it, with the clients districts use (OpenSSH sftp shows only "Permission
+denied")."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clients import paramiko_client, sftp_batch
+from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon
+
+USERS = b"Email,First Name,Last Name\r\nann@example.org,Ann,Lee\r\nbob@example.org,Bob,Ray\r\n"
+STALE_AFTER = 3
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    settings = {**FAST_EPOCHS, "epochs_stale_after": STALE_AFTER}
+    with run_daemon(tmp_path_factory.mktemp("status"), **settings) as running:
+        yield running
+
+
+def status(daemon: Daemon, creds: Credentials) -> dict[str, Any]:
+    path = daemon.root(creds.name) / "status.json"
+    return json.loads(path.read_text()) if path.exists() else {}  # type: ignore[no-any-return]
+
+
+def wait_status(daemon: Daemon, creds: Credentials, what: str, check: Any) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+
+    def ok() -> bool:
+        found.update(status(daemon, creds))
+        return bool(found) and bool(check(found))
+
+    daemon.wait_until(ok, what)
+    return found
+
+
+def fetch(daemon: Daemon, creds: Credentials, tmp_path: Path, name: str) -> str:
+    """The file as the district gets it, with OpenSSH's sftp."""
+    sftp_batch(daemon, creds, f"get /{name} {tmp_path / name}")
+    return (tmp_path / name).read_text()
+
+
+def test_a_refused_put_is_explained_in_the_districts_folder(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    (tmp_path / "users.csv").write_bytes(USERS)
+    result = sftp_batch(
+        daemon, district, "put users.csv /upload/users.csv", check=False, cwd=tmp_path
+    )
+    assert result.returncode != 0  # OpenSSH's sftp says "Permission denied", nothing more
+    found = wait_status(
+        daemon,
+        district,
+        "the refusal in status.json",
+        lambda s: any(r["path"] == "/upload/users.csv" for r in s["refusals"]),
+    )
+    refusal = found["refusals"][0]
+    assert refusal["code"] == "epoch_missing"
+    assert "users_auto.csv" in refusal["message"]  # what to do instead
+    text = fetch(daemon, district, tmp_path, "STATUS.txt")
+    assert "/upload/users.csv" in text and "[epoch_missing]" in text
+    assert refusal["message"][:40] in text
+
+
+def test_an_epoch_without_complete_says_so_and_then_goes_stale(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    epoch = "20260501-020000"
+    with paramiko_client(daemon, district) as client:
+        sftp = client.open_sftp()
+        sftp.mkdir(f"/upload/{epoch}")
+        with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
+            fh.write(USERS)
+    found = wait_status(
+        daemon,
+        district,
+        "the epoch waiting for COMPLETE",
+        lambda s: [(e["name"], e["reason"]) for e in s["epochs"]] == [(epoch, "no_marker")],
+    )
+    assert "upload an empty file named COMPLETE" in found["epochs"][0]["message"]
+    wait_status(  # past stale_after
+        daemon,
+        district,
+        "the epoch stale",
+        lambda s: [(e["name"], e["reason"]) for e in s["epochs"]] == [(epoch, "stale")],
+    )
+    assert f"/upload/{epoch}: no COMPLETE for a long time" in fetch(
+        daemon, district, tmp_path, "STATUS.txt"
+    )
+
+
+def test_the_last_applied_upload_and_one_not_applied_are_shown(
+    daemon: Daemon, district: Credentials
+) -> None:
+    for epoch, data in (
+        ("20260502-020000", USERS),
+        ("20260502-030000", b"Mail,First,Last\r\nx,y,z\r\n"),  # rejected: no Email column
+    ):
+        with paramiko_client(daemon, district) as client:
+            sftp = client.open_sftp()
+            sftp.mkdir(f"/upload/{epoch}")
+            with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
+                fh.write(data)
+            with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
+                pass
+        daemon.wait_for("epoch.published", district=district.name, epoch=epoch)
+    found = wait_status(
+        daemon,
+        district,
+        "the outcomes",
+        lambda s: s["last_applied"] and any(e["state"] == "rejected" for e in s["epochs"]),
+    )
+    assert found["last_applied"]["epoch"] == "20260502-020000"
+    assert found["last_applied"]["counts"]["created"] == 2
+    (rejected,) = [e for e in found["epochs"] if e["state"] == "rejected"]
+    assert rejected["name"] == "20260502-030000"
+    assert "/upload-processed/20260502-030000/report.txt" in rejected["message"]
+
+
+def test_a_cut_off_file_is_explained(daemon: Daemon, district: Credentials) -> None:
+    epoch = "20260503-020000"
+    with paramiko_client(daemon, district) as client:
+        sftp = client.open_sftp()
+        sftp.mkdir(f"/upload/{epoch}")
+        handle = sftp.open(f"/upload/{epoch}/users.csv", "wb")
+        handle.write(USERS[:20])
+        handle.flush()
+        daemon.wait_for("upload.started", district=district.name)
+        transport = client.get_transport()
+        assert transport is not None
+        transport.close()  # gone mid-file
+    daemon.wait_for("upload.aborted", district=district.name)
+    with (
+        paramiko_client(daemon, district) as client,
+        client.open_sftp().open(f"/upload/{epoch}/COMPLETE", "wb"),
+    ):
+        pass
+    found = wait_status(
+        daemon,
+        district,
+        "the cut-off file",
+        lambda s: any(e["reason"] == "files_incomplete" for e in s["epochs"]),
+    )
+    assert any(r["code"] == "upload_incomplete" for r in found["refusals"])
+
+
+def test_the_status_files_are_read_only_to_the_district(
+    daemon: Daemon, district: Credentials
+) -> None:
+    with paramiko_client(daemon, district) as client:
+        sftp = client.open_sftp()
+        daemon.wait_until(lambda: "STATUS.txt" in sftp.listdir("/"), "the status files")
+        with pytest.raises(OSError):
+            sftp.open("/STATUS.txt", "wb")
+        with pytest.raises(OSError):
+            sftp.remove("/status.json")
