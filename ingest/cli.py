@@ -19,14 +19,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ingest import __version__
 from ingest.config import Config, ConfigError, load_config
 from ingest.epochs.inventory import processed_report, waiting_epochs
 from ingest.epochs.ledger import STATES, Ledger
 from ingest.epochs.reports import render_text
+from ingest.epochs.status import STATUS_JSON
 from ingest.logging import configure_logging, get_logger
-from ingest.provisioning.accounts import MODES, export_rows, history, set_buildings, set_mode
+from ingest.provisioning.accounts import (
+    MODES,
+    DistrictSettings,
+    export_rows,
+    get_settings,
+    history,
+    set_buildings,
+    set_mode,
+)
 from ingest.provisioning.csvapi import COLUMNS
 from ingest.provisioning.validate import validate_path
 from ingest.server import Server
@@ -171,6 +181,10 @@ def _parser() -> argparse.ArgumentParser:
     listing = dc.add_parser("list", help="list districts")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.set_defaults(handler=_district_list)
+    show = dc.add_parser("show", help="one district: settings, keys, recent epochs, status")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(handler=_district_show)
     validate = commands.add_parser(
         "validate", help="check a users.csv or an epoch directory offline (no state changed)"
     )
@@ -429,7 +443,7 @@ def _epochs_reprocess(args: argparse.Namespace, config: Config) -> int:
         )
     print(
         f"queued {args.district}/{args.epoch} for reprocessing; the running server picks "
-        f"it up within {config.epochs.reconcile_interval:g} s"
+        f"it up within {config.epochs.ledger_poll_interval:g} s"
     )
     return 0
 
@@ -445,7 +459,16 @@ def _epochs_decide(args: argparse.Namespace, config: Config) -> int:
             "epoch can be approved or discarded"
         )
     verb = "approved; it will be applied" if args.action == "approve" else "discarded"
-    print(f"{args.district}/{args.epoch} {verb} within {config.epochs.reconcile_interval:g} s")
+    print(f"{args.district}/{args.epoch} {verb} within {config.epochs.ledger_poll_interval:g} s")
+    newest = ledger.last_applied(args.district) if args.action == "approve" else None
+    if newest is not None and newest.name > args.epoch:
+        print(
+            f"warning: a newer epoch, {newest.name}, was applied (at {newest.finished_at}) "
+            f"while this one was held: {args.epoch} will be superseded by it, not applied. "
+            f"To apply it over the newer one anyway: ingest epochs force-apply "
+            f"{args.district} {args.epoch}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -454,7 +477,7 @@ def _epochs_order(args: argparse.Namespace, config: Config) -> int:
     record = ledger.get(args.district, args.epoch)
     if record is None:
         raise CommandError(f"no epoch {args.epoch} for {args.district} in the ledger")
-    when = f"within {config.epochs.reconcile_interval:g} s"
+    when = f"within {config.epochs.ledger_poll_interval:g} s"
     if args.action == "retire":
         if not ledger.retire(args.district, args.epoch):
             raise CommandError(
@@ -608,8 +631,14 @@ def _district_allow(args: argparse.Namespace, config: Config) -> int:
 
 def _district_list(args: argparse.Namespace, config: Config) -> int:
     districts = _store(config).list_all()
+    with _database(config).read() as conn:
+        settings = {d.name: get_settings(conn, d.name) for d in districts}
     if args.json:
-        print(json.dumps([asdict(d) for d in districts], indent=2))
+        print(
+            json.dumps(
+                [{**asdict(d), **_settings_json(settings[d.name])} for d in districts], indent=2
+            )
+        )
         return 0
     if not districts:
         print("no districts; add one with `ingest district add NAME --password-stdin`")
@@ -618,7 +647,64 @@ def _district_list(args: argparse.Namespace, config: Config) -> int:
             filter(None, ["password" if d.has_password else "", f"{len(d.keys)} key(s)"])
         )
         where = "from " + ", ".join(d.allowed_sources) if d.allowed_sources else ""
-        print(f"{d.name}\t{'enabled' if d.enabled else 'DISABLED'}\t{auth}\t{where}".rstrip())
+        state = "enabled" if d.enabled else "DISABLED"
+        print(f"{d.name}\t{state}\t{settings[d.name].mode}\t{auth}\t{where}".rstrip())
         for key in d.keys:
             print(f"\t{key.fingerprint} {key.algorithm} {key.comment}".rstrip())
+    return 0
+
+
+def _settings_json(settings: DistrictSettings) -> dict[str, Any]:
+    buildings = sorted(settings.buildings) if settings.buildings is not None else None
+    return {"mode": settings.mode, "buildings": buildings}
+
+
+def _district_show(args: argparse.Namespace, config: Config) -> int:
+    store = _store(config)
+    district = store.require(args.name)
+    with _database(config).read() as conn:
+        settings = get_settings(conn, args.name)
+    epochs = _ledger(config).list_epochs(args.name)[-10:]
+    status_file = config.districts_dir / args.name / STATUS_JSON
+    status = json.loads(status_file.read_text()) if status_file.is_file() else None
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    **asdict(district),
+                    **_settings_json(settings),
+                    "recent_epochs": [
+                        {"epoch": e.name, "state": e.state, "finished_at": e.finished_at}
+                        for e in epochs
+                    ],
+                    "status": status,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    buildings = (
+        "any name accepted"
+        if settings.buildings is None
+        else f"{len(settings.buildings)}: "
+        + ", ".join(sorted(settings.buildings)[:10])
+        + (" ..." if len(settings.buildings) > 10 else "")
+    )
+    lines = [
+        f"district:  {district.name} ({'enabled' if district.enabled else 'DISABLED'})",
+        f"mode:      {settings.mode}",
+        f"buildings: {buildings}",
+        f"password:  {'set' if district.has_password else 'none'}",
+        "logins from: " + (", ".join(district.allowed_sources) or "anywhere"),
+        f"keys ({len(district.keys)}):",
+        *(f"  {k.fingerprint} {k.algorithm} {k.comment}".rstrip() for k in district.keys),
+        f"recent epochs ({len(epochs)}):",
+        *(f"  {e.name}  {e.state}  {e.finished_at or ''}".rstrip() for e in epochs),
+    ]
+    if status is not None:
+        lines.append("status (as the district reads it in /STATUS.txt):")
+        lines += [f"  waiting: {e['name']} {e['reason']}" for e in status["epochs"]]
+        lines += [f"  refused: {r['at']} {r['path']} [{r['code']}]" for r in status["refusals"][:5]]
+    print(printable("\n".join(lines), keep="\n"))
     return 0

@@ -136,6 +136,9 @@ class EpochsConfig:
     max_watches_per_district: int = field(default=64, metadata=_check(_positive))
     # Full scan of every district's upload/ besides the events; also run at startup.
     reconcile_interval: float = field(default=30.0, metadata=_check(_positive))
+    # How soon the daemon takes what an operator did to the ledger (approve, discard,
+    # reprocess, retire, force-apply): it reads the epochs not yet published this often.
+    ledger_poll_interval: float = field(default=0.5, metadata=_check(_positive))
     # Files that did not arrive through our SFTP server must be unchanged this long.
     quiet_period: float = field(default=10.0, metadata=_check(_non_negative))
     # _auto.csv files finishing within this window go into one epoch together.

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from ingest.config import Config
 from ingest.epochs import files as epoch_files
 from ingest.epochs.handoff import FileInfo
-from ingest.epochs.ledger import Ledger
+from ingest.epochs.ledger import EpochRecord, Ledger
 from ingest.epochs.names import MARKER, PROCESSED, UPLOAD
 from ingest.epochs.pipeline import EpochPipeline
 from ingest.epochs.policy import EpochPolicy, EpochRegistry
@@ -179,7 +179,11 @@ class EpochService:
         await self._io(self._watcher.start)
         for district_dir in await self._io(self._district_dirs):
             await self._io(self._watcher.watch_district, district_dir.name)
-        self._tasks = [loop.create_task(self._evaluator()), loop.create_task(self._reconciler())]
+        self._tasks = [
+            loop.create_task(self._evaluator()),
+            loop.create_task(self._reconciler()),
+            loop.create_task(self._ledger_watch()),
+        ]
 
     def stop_starting(self) -> None:
         """Shutdown has begun: start no further epoch (see EpochPipeline.stop_starting)."""
@@ -352,9 +356,7 @@ class EpochService:
                     await self._io(self._watcher.watch_district, district_dir.name)
                 self.mark_dirty(district_dir.name, None)
             for record in await self._io(self.ledger.pending):
-                self.registry.submitted[record.district].add(record.name)
-                self.registry.known[record.district].add(record.name)
-                self.pipeline.enqueue(record.district, record.name)  # reprocess, retries
+                self._take(record)  # retries
             forget_before = time.time() - self.settings.stale_after
             self._finished.prune(forget_before)  # files that never became part of an epoch
             with contextlib.suppress(TimeoutError):  # the interval is a timer
@@ -362,6 +364,28 @@ class EpochService:
                     self._reconcile_now.wait(), timeout=self.settings.reconcile_interval
                 )
             self._reconcile_now.clear()
+
+    def _take(self, record: EpochRecord) -> None:
+        self.registry.submitted[record.district].add(record.name)
+        self.registry.known[record.district].add(record.name)
+        self.pipeline.enqueue(record.district, record.name)
+
+    async def _ledger_watch(self) -> None:
+        """Operators' actions (approve, discard, reprocess, retire, force-apply) change the
+        ledger from another process: an epoch that they changed is taken within
+        ``ledger_poll_interval``, not at the next reconcile. Only changes are taken, so
+        an epoch whose processing keeps failing is retried at the reconcile's pace."""
+        seen: dict[tuple[str, str], tuple[Any, ...]] = {}
+        while True:
+            await asyncio.sleep(self.settings.ledger_poll_interval)  # a timer
+            current = {}
+            for record in await self._io(self.ledger.pending):
+                key = (record.district, record.name)
+                mark = (record.state, record.finished_at, record.approved, record.retired_at)
+                current[key] = mark
+                if seen.get(key) != mark:
+                    self._take(record)
+            seen = current
 
     async def _evaluator(self) -> None:
         """Start a look at each district with something new, unless one is running: that
