@@ -38,6 +38,7 @@ from ingest.provisioning.accounts import (
     set_mode,
 )
 from ingest.provisioning.csvapi import COLUMNS
+from ingest.provisioning.guide import refresh_guide
 from ingest.provisioning.validate import validate_path
 from ingest.server import Server
 from ingest.sftp import load_or_create_host_keys
@@ -341,7 +342,9 @@ def _read_keys(path: str) -> list[str]:
 def _district_add(args: argparse.Namespace, config: Config) -> int:
     password = _read_password() if args.password_stdin else None
     keys = tuple(line for path in args.key for line in _read_keys(path))
-    district = _store(config).add(args.name, password, keys)
+    store = _store(config)
+    district = store.add(args.name, password, keys)
+    refresh_guide(store.db, config.districts_dir, district.name)  # README.txt, template
     print(f"added district {district.name}: root {config.districts_dir / district.name}")
     for key in district.keys:
         print(f"  key {key.fingerprint} {key.algorithm} {key.comment}".rstrip())
@@ -582,6 +585,7 @@ def _district_buildings_set(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(f"{args.file} lists no buildings")
     with store.db.connect() as conn:
         set_buildings(conn, args.name, names)
+    refresh_guide(store.db, config.districts_dir, args.name)  # /buildings.txt
     print(f"{args.name}: {len(set(names))} buildings")
     return 0
 
@@ -591,6 +595,7 @@ def _district_buildings_clear(args: argparse.Namespace, config: Config) -> int:
     store.require(args.name)
     with store.db.connect() as conn:
         set_buildings(conn, args.name, None)
+    refresh_guide(store.db, config.districts_dir, args.name)
     print(f"{args.name}: any building name is accepted")
     return 0
 

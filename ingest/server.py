@@ -8,12 +8,14 @@ handling used by ``ingest serve``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 
 from ingest.config import Config
 from ingest.epochs.service import EpochService
 from ingest.logging import flush_logs, get_logger
+from ingest.provisioning.guide import refresh_guide
 from ingest.sftp import (
     Denied,
     FanOut,
@@ -71,7 +73,12 @@ class Server:
                 path=cut.virtual,
                 size=cut.size,
             )
-        self.epochs = EpochService(config, database, uploads)
+        self.epochs = EpochService(
+            config,
+            database,
+            uploads,
+            on_district=functools.partial(refresh_guide, database, config.districts_dir),
+        )
         await self.epochs.start()
         events = FanOut(self.epochs, self.events) if self.events is not None else self.epochs
         self.defender = Defender(config.defender, BanStore(database), get_logger("ingest.defender"))

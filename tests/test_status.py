@@ -161,3 +161,26 @@ def test_the_status_files_are_read_only_to_the_district(
             sftp.open("/STATUS.txt", "wb")
         with pytest.raises(OSError):
             sftp.remove("/status.json")
+
+
+def test_every_district_finds_the_contract_a_template_and_its_buildings(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    root = daemon.root(district.name)
+    daemon.wait_until(lambda: (root / "users-template.csv").exists(), "the guide files")
+    readme = fetch(daemon, district, tmp_path, "README.txt")
+    assert "COMPLETE" in readme and "date -u +%Y%m%d-%H%M%S" in readme
+    assert "/STATUS.txt" in readme and "users_auto.csv" in readme
+    template = tmp_path / "users-template.csv"
+    fetch(daemon, district, tmp_path, "users-template.csv")
+    assert template.read_bytes().startswith(b"\xef\xbb\xbfEmail,First Name,Last Name")
+    assert daemon.cli("validate", str(template)).returncode == 0  # the server's own check
+    assert not (root / "buildings.txt").exists()
+    names = tmp_path / "buildings-list.txt"
+    names.write_text("North Elementary\nSouth High\n")
+    daemon.cli("district", "buildings", "set", district.name, str(names))
+    listed = fetch(daemon, district, tmp_path, "buildings.txt")
+    assert listed.splitlines() == ["North Elementary", "South High"]
+    assert "exactly those in /buildings.txt" in (root / "README.txt").read_text()
+    daemon.cli("district", "buildings", "clear", district.name)
+    assert not (root / "buildings.txt").exists()

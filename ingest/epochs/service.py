@@ -94,8 +94,17 @@ class FinishedFiles:
 class EpochService:
     """Implements the SFTP layer's event handler and upload policy; owns the epoch flow."""
 
-    def __init__(self, config: Config, database: Database, uploads: UploadRegistry) -> None:
+    def __init__(
+        self,
+        config: Config,
+        database: Database,
+        uploads: UploadRegistry,
+        on_district: Callable[[str], None] | None = None,
+    ) -> None:
+        """``on_district(name)``: blocking, in a worker thread, for every district at the
+        start and for each new one (the layer above writes its guide files)."""
         self.config = config
+        self._on_district = on_district
         self.settings = config.epochs
         # Absolute and free of links, like the SFTP layer's paths (Chroot resolves its
         # root the same way): paths from both sides must compare equal.
@@ -158,6 +167,8 @@ class EpochService:
                 self._promoted.add((district, name))
                 self.log.info("epoch.promoted", district=district, epoch=name, recovered=True)
             await self._load_status(district)
+            if self._on_district is not None:
+                await self._io(self._on_district, district)
         for record in await self._io(self.ledger.pending):
             self.registry.submitted[record.district].add(record.name)
             self.pipeline.enqueue(record.district, record.name)
@@ -249,6 +260,8 @@ class EpochService:
     def _new_district(self, district: str) -> None:
         self.mark_dirty(district, None)
         self.status.flush_now(district)  # its status files exist from the start
+        if self._on_district is not None:
+            asyncio.get_running_loop().run_in_executor(self._io_pool, self._on_district, district)
         if self._watcher is not None:
             self._watch(self._watcher.watch_district, district, None)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 from collections import deque
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ingest.atomic import replace_text
 from ingest.logging import get_logger
 from ingest.text import printable
 
@@ -37,7 +37,6 @@ FLUSH_AFTER = 0.3  # seconds: changes close together are written once
 MAX_REFUSALS = 20
 MAX_EPOCHS = 50
 MAX_MESSAGE = 500
-FILE_MODE = 0o640
 log = get_logger("ingest.epochs")
 
 # Why an epoch waits, in words a district acts on (scan.judge_epoch's reasons).
@@ -186,16 +185,8 @@ class StatusBoard:
 def _write(root: Path, data: dict[str, Any]) -> None:
     if not root.is_dir():
         return
-    _replace(root / STATUS_JSON, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    _replace(root / STATUS_TXT, render_text(data))
-
-
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    replace_text(root / STATUS_JSON, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    replace_text(root / STATUS_TXT, render_text(data))
 
 
 def render_text(data: dict[str, Any]) -> str:
