@@ -411,11 +411,10 @@ def _epochs_list(args: argparse.Namespace, config: Config) -> int:
 
 
 def _epochs_show(args: argparse.Namespace, config: Config) -> int:
-    record = _ledger(config).get(args.district, args.epoch)
+    ledger = _ledger(config)
+    record = ledger.get(args.district, args.epoch)
     if record is None:
-        raise CommandError(
-            f"no epoch {args.epoch} for {args.district} in the ledger; see `ingest epochs list`"
-        )
+        return _show_waiting(args, config, ledger)
     if args.json:
         print(json.dumps(record.to_json(), indent=2))
         return 0
@@ -432,6 +431,35 @@ def _epochs_show(args: argparse.Namespace, config: Config) -> int:
         + (f" retired_at={record.retired_at}" if record.retired_at else "")
         + (f" forced_at={record.forced_at}" if record.forced_at else "")
     )
+    return 0
+
+
+def _show_waiting(args: argparse.Namespace, config: Config, ledger: Ledger) -> int:
+    """An epoch still in /upload/, not received yet: what is there, and why it waits (as
+    the district's status file says)."""
+    waiting = [w for w in waiting_epochs(config, ledger, args.district) if w["epoch"] == args.epoch]
+    if not waiting:
+        raise CommandError(
+            f"no epoch {args.epoch} for {args.district} in the ledger or waiting in /upload/; "
+            "see `ingest epochs list`"
+        )
+    found = waiting[0]
+    status_file = config.districts_dir / args.district / STATUS_JSON
+    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    line = next((e for e in status.get("epochs", []) if e["name"] == args.epoch), None)
+    if line is not None:
+        found = {**found, "reason": line["reason"], "message": line["message"]}
+    if args.json:
+        print(json.dumps(found, indent=2, ensure_ascii=False))
+        return 0
+    lines = [
+        f"{args.district}/{args.epoch}: {found['state']}, not received yet",
+        f"COMPLETE: {'yes' if found['marker'] else 'no'}",
+        "files: " + (", ".join(found["files"]) or "none"),
+    ]
+    if "message" in found:
+        lines.append(f"why it waits: {found['message']} ({found['reason']})")
+    print(printable("\n".join(lines), keep="\n"))
     return 0
 
 

@@ -85,6 +85,9 @@ def test_an_epoch_without_complete_says_so_and_then_goes_stale(
         lambda s: [(e["name"], e["reason"]) for e in s["epochs"]] == [(epoch, "no_marker")],
     )
     assert "upload an empty file named COMPLETE" in found["epochs"][0]["message"]
+    shown = daemon.cli("epochs", "show", district.name, epoch).stdout  # operators see it too
+    assert "not received yet" in shown and "COMPLETE: no" in shown
+    assert "why it waits: no COMPLETE yet" in shown
     wait_status(  # past stale_after
         daemon,
         district,
