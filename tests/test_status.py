@@ -187,3 +187,39 @@ def test_every_district_finds_the_contract_a_template_and_its_buildings(
     assert "exactly those in /buildings.txt" in (root / "README.txt").read_text()
     daemon.cli("district", "buildings", "clear", district.name)
     assert not (root / "buildings.txt").exists()
+
+
+def test_a_second_auto_file_never_silently_replaces_the_first(tmp_path: Path) -> None:
+    """Inside the settle window a second users_auto.csv is refused with a message (the
+    first was never processed nor reported before); once the first is an epoch, the
+    second goes through and becomes one of its own."""
+    settings = {**FAST_EPOCHS, "epochs_auto_settle": 4}
+    first = USERS
+    second = USERS + b"cyd@example.org,Cyd,Moe\r\n"
+    with run_daemon(tmp_path, **settings) as daemon:
+        creds = daemon.add_district()
+        with paramiko_client(daemon, creds) as client:
+            sftp = client.open_sftp()
+            with sftp.open("/upload/users_auto.csv", "wb") as fh:
+                fh.write(first)
+            with pytest.raises(PermissionError, match="waiting to become an epoch"):
+                sftp.open("/upload/users_auto.csv", "wb")
+        found = wait_status(
+            daemon,
+            creds,
+            "the refusal explained",
+            lambda s: any(r["code"] == "auto_waiting" for r in s["refusals"]),
+        )
+        assert any("neither is lost" in r["message"] for r in found["refusals"])
+        promoted = daemon.wait_for("epoch.promoted", district=creds.name)
+        with (
+            paramiko_client(daemon, creds) as client,
+            client.open_sftp().open("/upload/users_auto.csv", "wb") as fh,
+        ):
+            fh.write(second)
+        again = daemon.wait_for("epoch.promoted", district=creds.name, count=2)
+        assert again["epoch"] > promoted["epoch"]
+        for epoch, data in ((promoted["epoch"], first), (again["epoch"], second)):
+            daemon.wait_for("epoch.published", district=creds.name, epoch=epoch)
+            processed = daemon.root(creds.name) / "upload-processed" / epoch / "users.csv"
+            assert processed.read_bytes() == data

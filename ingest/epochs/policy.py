@@ -35,12 +35,14 @@ HOW_TO_UPLOAD = (
 
 
 class EpochRegistry:
-    """Per district: epoch names the ledger knows, epochs that may no longer change, and
-    ``_auto.csv`` files being moved into a new epoch right now."""
+    """Per district: epoch names the ledger knows, epochs that may no longer change,
+    ``_auto.csv`` files uploaded whole and waiting to become an epoch, and those being
+    moved into a new epoch right now."""
 
     def __init__(self) -> None:
         self.known: defaultdict[str, set[str]] = defaultdict(set)
         self.submitted: defaultdict[str, set[str]] = defaultdict(set)
+        self.waiting_auto: defaultdict[str, set[str]] = defaultdict(set)
         self.promoting: defaultdict[str, set[str]] = defaultdict(set)
 
     def is_submitted(self, district: str, name: str) -> bool:
@@ -83,6 +85,14 @@ class EpochPolicy:
                 f"epoch {name} is complete and was submitted for processing; it cannot change",
             )
         if operation in ("open", "rename_target"):  # a file appears here
+            if auto_target(name) is not None and name in self.registry.waiting_auto[district]:
+                # A second one would replace the first before it became an epoch: the
+                # first would never be processed, nor reported.
+                raise Denied(
+                    "auto_waiting",
+                    f"the {name} uploaded a moment ago is waiting to become an epoch (a few "
+                    "seconds); upload this one again after that, so that neither is lost",
+                )
             if is_temp_name(name) or auto_target(name) is not None:
                 return
             if self.loose_files == "report":

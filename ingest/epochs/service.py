@@ -29,7 +29,7 @@ from ingest.config import Config
 from ingest.epochs import files as epoch_files
 from ingest.epochs.handoff import FileInfo
 from ingest.epochs.ledger import EpochRecord, Ledger
-from ingest.epochs.names import MARKER, PROCESSED, UPLOAD
+from ingest.epochs.names import MARKER, PROCESSED, UPLOAD, auto_target
 from ingest.epochs.pipeline import EpochPipeline
 from ingest.epochs.policy import EpochPolicy, EpochRegistry
 from ingest.epochs.scan import Verdict, judge_epoch, list_upload, read_epoch
@@ -300,6 +300,9 @@ class EpochService:
     def handle_sftp_event(self, event: SFTPEvent) -> None:
         if isinstance(event, UploadFinished):
             self._finished.add(event.real_path, event.size, event.sha256, time.time())
+            parts = event.path.strip("/").split("/")
+            if len(parts) == 2 and parts[0] == UPLOAD and auto_target(parts[1]) is not None:
+                self.registry.waiting_auto[event.district].add(parts[1])
             self._touched(event.district, event.path)
         elif isinstance(event, UploadStarted):
             epoch = self._epoch_of(event.path)
@@ -457,6 +460,8 @@ class EpochService:
             )
         await self._maybe_promote(district, upload_dir, listing.auto_files, listing.temp_files)
         self.status.present(district, set(listing.epochs))
+        # An _auto.csv removed or renamed away no longer waits.
+        self.registry.waiting_auto[district] &= {f.name for f in listing.auto_files}
         return {e for e in listing.epochs if not self.registry.is_submitted(district, e)}
 
     async def _maybe_promote(
@@ -499,6 +504,7 @@ class EpochService:
             name, moved = await self._io(self._promote_blocking, district, autos, known)
         finally:
             self.registry.promoting[district] -= names
+        self.registry.waiting_auto[district] -= names
         for old, new in moved.items():
             self._finished.renamed(old, new)
         self._finished.add(upload_dir / name / MARKER, 0, epoch_files.EMPTY_SHA256, time.time())
