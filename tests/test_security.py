@@ -40,7 +40,14 @@ def test_traversal_and_absolute_paths_stay_inside_the_root(daemon: Daemon, sftp,
     assert sftp.normalize("../../..") == "/"
     root = set(sftp.listdir("../../.."))  # the district's own root, with the server's files
     expected = {"upload", "upload-processed"}
-    servers = {"STATUS.txt", "status.json", "README.txt", "users-template.csv", "buildings.txt"}
+    servers = {
+        "STATUS.txt",
+        "status.json",
+        "index.json",
+        "README.txt",
+        "users-template.csv",
+        "buildings.txt",
+    }
     assert expected <= root <= expected | servers
 
 

@@ -223,3 +223,21 @@ def test_a_second_auto_file_never_silently_replaces_the_first(tmp_path: Path) ->
             daemon.wait_for("epoch.published", district=creds.name, epoch=epoch)
             processed = daemon.root(creds.name) / "upload-processed" / epoch / "users.csv"
             assert processed.read_bytes() == data
+
+
+def test_a_script_finds_its_auto_result_by_sha256_in_the_index(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    import hashlib
+
+    data = USERS + b"dee@example.org,Dee,Fox\r\n"
+    (tmp_path / "users_auto.csv").write_bytes(data)
+    sftp_batch(daemon, district, "put users_auto.csv /upload/users_auto.csv", cwd=tmp_path)
+    promoted = daemon.wait_for("epoch.promoted", district=district.name)
+    daemon.wait_for("epoch.published", district=district.name, epoch=promoted["epoch"])
+    index = json.loads(fetch(daemon, district, tmp_path, "index.json"))
+    digest = hashlib.sha256(data).hexdigest()
+    (mine,) = [e for e in index["epochs"] if any(f["sha256"] == digest for f in e["files"])]
+    assert mine["epoch"] == promoted["epoch"] and mine["origin"] == "auto"
+    assert mine["status"] == "applied" and mine["counts"]["created"] == 3
+    assert mine["report"] == f"/upload-processed/{promoted['epoch']}/report.json"

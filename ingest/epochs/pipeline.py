@@ -21,18 +21,31 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ingest.atomic import replace_text
 from ingest.config import Config
 from ingest.epochs import files as epoch_files
 from ingest.epochs.handoff import ClaimedEpoch, Finding, Outcome
 from ingest.epochs.isolation import ProcessorDied, ProcessorRunner
 from ingest.epochs.ledger import EpochRecord, Ledger
 from ingest.epochs.names import PROCESSED, UPLOAD
-from ingest.epochs.reports import render_errors_csv, render_json, render_text
+from ingest.epochs.reports import (
+    INDEX_JSON,
+    render_errors_csv,
+    render_index,
+    render_json,
+    render_text,
+)
 from ingest.epochs.status import StatusBoard
 from ingest.logging import get_logger
 from ingest.store.db import Database
 
 T = TypeVar("T")
+
+
+def write_index(root: Path, ledger: Ledger) -> None:
+    """Blocking: the district's ``/index.json`` as the ledger has it now."""
+    if root.is_dir():
+        replace_text(root / INDEX_JSON, render_index(root.name, ledger.list_epochs(root.name)))
 
 
 class EpochPipeline:
@@ -337,6 +350,7 @@ class EpochPipeline:
             render_errors_csv(record),
         )
         self.ledger.mark_published(district, name)
+        write_index(self.districts_dir / district, self.ledger)
         return record, target
 
     async def _publish_when_idle(self, district: str, name: str) -> None:

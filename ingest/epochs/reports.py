@@ -16,6 +16,8 @@ REPORT_JSON = "report.json"
 REPORT_TXT = "report.txt"
 ERRORS_CSV = "errors.csv"
 REPORT_NAMES = frozenset({REPORT_JSON, REPORT_TXT, ERRORS_CSV})
+INDEX_JSON = "index.json"  # in the district's root: every epoch, for scripts
+MAX_INDEXED = 200
 # Excel reads a CSV file without one as the system's code page: josé shows as josÃ©.
 UTF8_BOM = "\ufeff"
 MAX_LISTED_PER_CODE = 20
@@ -52,6 +54,28 @@ def report_json(record: EpochRecord) -> dict[str, Any]:
 
 def render_json(record: EpochRecord) -> str:
     return json.dumps(report_json(record), indent=2, ensure_ascii=False) + "\n"
+
+
+def render_index(district: str, records: list[EpochRecord]) -> str:
+    """The district's epochs, newest first (at most MAX_INDEXED): a script finds the
+    result of its upload by the sha256 of the file it sent, whatever the epoch's name (an
+    ``_auto.csv`` upload does not learn it)."""
+    newest = sorted(records, key=lambda r: r.name, reverse=True)[:MAX_INDEXED]
+    epochs = [
+        {
+            "epoch": r.name,
+            "origin": r.origin,
+            "status": r.state,
+            "received_at": r.received_at,
+            "finished_at": r.finished_at,
+            "published": r.published_at is not None,
+            "files": [vars(f) for f in r.files],
+            "counts": r.outcome.summary if r.outcome else {},
+            "report": f"/upload-processed/{r.name}/{REPORT_JSON}",
+        }
+        for r in newest
+    ]
+    return json.dumps({"district": district, "epochs": epochs}, indent=2) + "\n"
 
 
 def render_text(record: EpochRecord) -> str:

@@ -30,7 +30,7 @@ from ingest.epochs import files as epoch_files
 from ingest.epochs.handoff import FileInfo
 from ingest.epochs.ledger import EpochRecord, Ledger
 from ingest.epochs.names import MARKER, PROCESSED, UPLOAD, auto_target
-from ingest.epochs.pipeline import EpochPipeline
+from ingest.epochs.pipeline import EpochPipeline, write_index
 from ingest.epochs.policy import EpochPolicy, EpochRegistry
 from ingest.epochs.scan import Verdict, judge_epoch, list_upload, read_epoch
 from ingest.epochs.status import StatusBoard
@@ -237,6 +237,7 @@ class EpochService:
             message = held.outcome.message if held.outcome else "held for an operator"
             self.status.epoch(district, held.name, "held", "held", message)
         self.status.flush_now(district)
+        await self._io(write_index, self.districts_dir / district, self.ledger)
 
     def _published(self, district: str, name: str) -> None:
         """The pipeline moved the epoch out of /upload/: forget what was only needed while
