@@ -154,12 +154,13 @@ def test_full_sync_mass_deletion_is_held_until_approved(
     assert report["counts"]["would_delete"] == 8
     assert report["errors"][0]["code"] == "deletion_threshold"
     assert len(export(daemon, district.name)) == 10  # nothing applied
-    assert (
-        "ON HOLD"
-        in (
-            daemon.root(district.name) / "upload-processed" / "20260404-030000" / "report.txt"
-        ).read_text()
-    )
+    text = (
+        daemon.root(district.name) / "upload-processed" / "20260404-030000" / "report.txt"
+    ).read_text()
+    assert "ON HOLD" in text and "full-sync mode" in text
+    # The decision and what the district can do first, the accounts it concerns after.
+    assert text.index("[deletion_threshold]") < text.index("[would_delete]")
+    assert "ask your operator to approve it" in text
 
     daemon.cli("epochs", "approve", district.name, "20260404-030000")
     daemon.wait_for("epoch.applied", district=district.name, epoch="20260404-030000")

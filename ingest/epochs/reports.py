@@ -21,6 +21,7 @@ MAX_INDEXED = 200
 # Excel reads a CSV file without one as the system's code page: josé shows as josÃ©.
 UTF8_BOM = "\ufeff"
 MAX_LISTED_PER_CODE = 20
+_DETAILS = frozenset({"would_delete"})
 
 _HEADLINES = {
     "applied": "Your upload was processed.",
@@ -129,7 +130,13 @@ def group_findings(findings: list[Finding]) -> list[str]:
     for finding in findings:
         groups[finding.code].append(finding)
     lines = []
-    for code, items in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+
+    # Lists that explain another finding (the accounts a held upload would delete) come
+    # after it, however long they are: the decision first, the details after.
+    def order(group: tuple[str, list[Finding]]) -> tuple[bool, int, str]:
+        return group[0] in _DETAILS, -len(group[1]), group[0]
+
+    for code, items in sorted(groups.items(), key=order):
         lines.append(f"  [{code}] x{len(items)}")
         for item in items[:MAX_LISTED_PER_CODE]:
             where = ":".join(str(p) for p in (item.file, item.line) if p is not None)

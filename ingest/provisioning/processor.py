@@ -131,8 +131,11 @@ class ProvisioningProcessor:
                 Finding(
                     "deletion_threshold",
                     f"this upload would delete {deleting} of {active} active accounts "
-                    f"(more than {share:.0%} and more than {minimum}); nothing was applied. An "
-                    "operator must approve or discard it (ingest epochs approve|discard).",
+                    f"(more than {share:.0%} and more than {minimum}): your district is in "
+                    "full-sync mode, where every active account missing from users.csv is "
+                    "deleted. Nothing was applied. If the file is complete and correct, ask "
+                    "your operator to approve it; if rows are missing, upload a complete "
+                    "file as a new epoch instead (the accounts are listed below).",
                 )
             ]
             held += [
@@ -143,7 +146,8 @@ class ProvisioningProcessor:
                 {**summary, "would_delete": deleting, "active": active},
                 tuple(held),
                 tuple(warnings),
-                message=f"held: it would delete {deleting} accounts",
+                message=f"held: it would delete {deleting} of {active} accounts "
+                "(full-sync mode); see the first error for what you can do",
             )
 
         counts = stage.apply(epoch.name, now(), full_sync, report.valid_rows)
