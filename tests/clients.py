@@ -198,3 +198,15 @@ def paramiko_client(
         **kwargs,
     )  # type: ignore[arg-type]
     return client
+
+
+def put_epoch(daemon: Daemon, creds: Credentials, epoch: str, users: bytes) -> None:
+    """A whole epoch as a district's nightly job sends it (paramiko): mkdir, users.csv,
+    then an empty COMPLETE. Returns once the client has closed COMPLETE."""
+    with paramiko_client(daemon, creds) as client:
+        sftp = client.open_sftp()
+        sftp.mkdir(f"/upload/{epoch}")
+        with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
+            fh.write(users)
+        with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
+            pass

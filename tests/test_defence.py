@@ -21,7 +21,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tests.clients import paramiko_client, sftp_batch
+from tests.clients import paramiko_client, put_epoch, sftp_batch
 from tests.harness import FAST_EPOCHS, Daemon, run_daemon, wait_until
 
 LIMITS = {
@@ -511,13 +511,7 @@ def test_hashing_one_districts_files_never_stalls_another_district(tmp_path: Pat
         place_epoch(daemon, big.name, "20260102-000000", 3 << 30)  # 3 GiB: seconds
         daemon.wait_for("epoch.hashing", district=big.name)
         epoch = "20260102-000001"
-        with paramiko_client(daemon, small) as client:
-            sftp = client.open_sftp()
-            sftp.mkdir(f"/upload/{epoch}")
-            with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
-                fh.write(b"Email,First Name,Last Name\na@example.org,A,B\n")
-            with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
-                pass
+        put_epoch(daemon, small, epoch, b"Email,First Name,Last Name\na@example.org,A,B\n")
         daemon.wait_for("epoch.ready", district=small.name, epoch=epoch)
         assert not daemon.events("epoch.ready", district=big.name)  # still hashing
 
@@ -558,13 +552,7 @@ def test_processed_epochs_are_not_watched(tmp_path: Path) -> None:
         before = inotify_watches(pid)  # the root, upload/ and its work epoch folder
         for n in range(4):
             epoch = f"20260102-00000{n}"
-            with paramiko_client(daemon, creds) as client:
-                sftp = client.open_sftp()
-                sftp.mkdir(f"/upload/{epoch}")
-                with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
-                    fh.write(b"Email,First Name,Last Name\na@example.org,A,B\n")
-                with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
-                    pass
+            put_epoch(daemon, creds, epoch, b"Email,First Name,Last Name\na@example.org,A,B\n")
             daemon.wait_for("epoch.published", district=creds.name, epoch=epoch)
         processed = daemon.root(creds.name) / "upload-processed"
         assert len([p for p in processed.iterdir() if p.is_dir()]) == 4

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.clients import paramiko_client
+from tests.clients import put_epoch
 from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon
 
 HEADER = "Email,First Name,Last Name,Staff Id,Role,Buildings,Deleted\r\n"
@@ -31,14 +31,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def upload(daemon: Daemon, creds: Credentials, epoch: str, content: bytes | str) -> dict[str, Any]:
-    data = content.encode() if isinstance(content, str) else content
-    with paramiko_client(daemon, creds) as client:
-        sftp = client.open_sftp()
-        sftp.mkdir(f"/upload/{epoch}")
-        with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
-            fh.write(data)
-        with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
-            pass
+    put_epoch(daemon, creds, epoch, content.encode() if isinstance(content, str) else content)
     daemon.wait_for("epoch.published", district=creds.name, epoch=epoch)
     path = daemon.root(creds.name) / "upload-processed" / epoch / "report.json"
     return json.loads(path.read_text())  # type: ignore[no-any-return]

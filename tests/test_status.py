@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.clients import paramiko_client, sftp_batch
+from tests.clients import paramiko_client, put_epoch, sftp_batch
 from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon
 
 USERS = b"Email,First Name,Last Name\r\nann@example.org,Ann,Lee\r\nbob@example.org,Bob,Ray\r\n"
@@ -106,13 +106,7 @@ def test_the_last_applied_upload_and_one_not_applied_are_shown(
         ("20260502-020000", USERS),
         ("20260502-030000", b"Mail,First,Last\r\nx,y,z\r\n"),  # rejected: no Email column
     ):
-        with paramiko_client(daemon, district) as client:
-            sftp = client.open_sftp()
-            sftp.mkdir(f"/upload/{epoch}")
-            with sftp.open(f"/upload/{epoch}/users.csv", "wb") as fh:
-                fh.write(data)
-            with sftp.open(f"/upload/{epoch}/COMPLETE", "wb"):
-                pass
+        put_epoch(daemon, district, epoch, data)
         daemon.wait_for("epoch.published", district=district.name, epoch=epoch)
     found = wait_status(
         daemon,
