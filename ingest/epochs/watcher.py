@@ -173,16 +173,6 @@ class UploadWatcher:
             if self._poller.is_alive():
                 self._poller.join(timeout)
 
-    @property
-    def watch_count(self) -> int:
-        """inotify watches held (the root, districts' ``upload/`` and epoch folders)."""
-        with self._lock:
-            return len(self._owners)
-
-    def polled(self, district: str) -> bool:
-        with self._lock:
-            return district in self._polled
-
     def watch_district(self, district: str) -> bool:
         """Watch the district's ``upload/`` and each epoch folder in it (idempotent); drop
         the watches of epoch folders that left it. True when a watch was added (what

@@ -17,7 +17,6 @@ from ingest.store.db import Database
 README_TXT = "README.txt"
 TEMPLATE_CSV = "users-template.csv"
 BUILDINGS_TXT = "buildings.txt"
-GUIDE_NAMES = frozenset({README_TXT, TEMPLATE_CSV, BUILDINGS_TXT})
 
 README = """\
 How to send your staff accounts to this server
