@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import getpass
 import json
 import os
 import socket
@@ -212,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
         decide = ec.add_parser(action, help=text)
         decide.add_argument("district")
         decide.add_argument("epoch")
+        _add_by(decide)
         decide.set_defaults(handler=_epochs_decide, action=action)
 
     bans = commands.add_parser("bans", help="client addresses the defender refuses")
@@ -258,8 +260,37 @@ def _parser() -> argparse.ArgumentParser:
         one = ec.add_parser(action, help=text)
         one.add_argument("district")
         one.add_argument("epoch")
+        _add_by(one)
         one.set_defaults(handler=handler, action=action)
     return parser
+
+
+def _add_by(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--by",
+        type=_operator_name,
+        default=None,
+        help="who decides, recorded in the epoch's report and history (default: your login name)",
+    )
+
+
+def _operator_name(text: str) -> str:
+    name = printable(text.strip())
+    if not name or len(name) > 100:
+        raise argparse.ArgumentTypeError("give a name of 1 to 100 characters")
+    return name
+
+
+def _who(args: argparse.Namespace) -> str:
+    """The operator behind an action: --by, else the login name (SUDO_USER first: the
+    person, not root)."""
+    if args.by:
+        return str(args.by)
+    try:
+        name = os.environ.get("SUDO_USER") or getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's arbitrary user)
+        name = f"uid {os.getuid()}"
+    return printable(name)[:100]
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -431,6 +462,8 @@ def _epochs_show(args: argparse.Namespace, config: Config) -> int:
         + (f" retired_at={record.retired_at}" if record.retired_at else "")
         + (f" forced_at={record.forced_at}" if record.forced_at else "")
     )
+    for action in record.actions:
+        print(printable(f"operator: {action.describe()}"))
     return 0
 
 
@@ -468,7 +501,7 @@ def _epochs_reprocess(args: argparse.Namespace, config: Config) -> int:
     record = ledger.get(args.district, args.epoch)
     if record is None:
         raise CommandError(f"no epoch {args.epoch} for {args.district} in the ledger")
-    if not ledger.requeue(args.district, args.epoch):
+    if not ledger.requeue(args.district, args.epoch, _who(args)):
         raise CommandError(
             f"epoch {args.epoch} is {record.state}: only a finished epoch can be reprocessed"
         )
@@ -482,7 +515,7 @@ def _epochs_reprocess(args: argparse.Namespace, config: Config) -> int:
 def _epochs_decide(args: argparse.Namespace, config: Config) -> int:
     ledger = _ledger(config)
     decide = ledger.approve if args.action == "approve" else ledger.discard
-    if not decide(args.district, args.epoch):
+    if not decide(args.district, args.epoch, _who(args)):
         record = ledger.get(args.district, args.epoch)
         state = record.state if record else "not in the ledger"
         raise CommandError(
@@ -510,7 +543,7 @@ def _epochs_order(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(f"no epoch {args.epoch} for {args.district} in the ledger")
     when = f"within {config.epochs.ledger_poll_interval:g} s"
     if args.action == "retire":
-        if not ledger.retire(args.district, args.epoch):
+        if not ledger.retire(args.district, args.epoch, _who(args)):
             raise CommandError(
                 f"epoch {args.epoch} is {record.state}"
                 f"{', already retired' if record.retired_at else ''}: only a finished epoch "
@@ -522,7 +555,7 @@ def _epochs_order(args: argparse.Namespace, config: Config) -> int:
             f"can now be reprocessed: ingest epochs reprocess {args.district} EPOCH"
         )
         return 0
-    if not ledger.force(args.district, args.epoch):
+    if not ledger.force(args.district, args.epoch, _who(args)):
         raise CommandError(
             f"epoch {args.epoch} is {record.state}: only a superseded epoch can be force-applied"
         )

@@ -204,15 +204,20 @@ class Daemon:
         return creds
 
     def cli(
-        self, *args: str, stdin: str | None = None, check: bool = True
+        self,
+        *args: str,
+        stdin: str | None = None,
+        check: bool = True,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``ingest ARGS`` as an operator would: another process, the same state."""
+        """Run ``ingest ARGS`` as an operator would: another process, the same state
+        (``env``: variables to add to the daemon's environment)."""
         result = subprocess.run(
             [sys.executable, "-m", "ingest", *args],
             input=stdin,
             capture_output=True,
             text=True,
-            env=self.env,
+            env={**self.env, **(env or {})},
             timeout=60,
             cwd=self.data_dir.parent,
         )

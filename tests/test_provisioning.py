@@ -155,9 +155,17 @@ def test_full_sync_mass_deletion_is_held_until_approved(
     assert text.index("[deletion_threshold]") < text.index("[would_delete]")
     assert "ask your operator to approve it" in text
 
-    daemon.cli("epochs", "approve", district.name, "20260404-030000")
+    daemon.cli("epochs", "approve", district.name, "20260404-030000", "--by", "Dana Ops")
     daemon.wait_for("epoch.applied", district=district.name, epoch="20260404-030000")
     daemon.wait_for("epoch.published", district=district.name, epoch="20260404-030000", count=2)
+    # Who approved, and when, is in the district's report and the operator's history.
+    folder = daemon.root(district.name) / "upload-processed" / "20260404-030000"
+    approved = json.loads((folder / "report.json").read_text())
+    [action] = approved["operator_actions"]
+    assert (action["action"], action["by"]) == ("approve", "Dana Ops")
+    assert f"{action['at']}: Dana Ops approved it" in (folder / "report.txt").read_text()
+    shown = daemon.cli("epochs", "show", district.name, "20260404-030000").stdout
+    assert "operator: " + action["at"] + ": Dana Ops approved it" in shown
     assert [r["Email"] for r in export(daemon, district.name)] == [
         "p0@example.org",
         "p1@example.org",
@@ -171,7 +179,7 @@ def test_held_epoch_can_be_discarded(daemon: Daemon, district: Credentials) -> N
     upload(daemon, district, "20260405-020000", HEADER + everyone)
     daemon.cli("district", "set-mode", district.name, "full-sync")
     assert upload(daemon, district, "20260405-030000", HEADER + BOB)["status"] == "held"
-    daemon.cli("epochs", "discard", district.name, "20260405-030000")
+    daemon.cli("epochs", "discard", district.name, "20260405-030000", env={"SUDO_USER": "lee"})
     daemon.wait_for("epoch.published", district=district.name, epoch="20260405-030000", count=2)
     report = json.loads(
         (
@@ -180,6 +188,8 @@ def test_held_epoch_can_be_discarded(daemon: Daemon, district: Credentials) -> N
     )
     assert report["status"] == "rejected"
     assert [e["code"] for e in report["errors"]] == ["epoch_discarded"]
+    assert "an operator (lee) discarded" in report["errors"][0]["message"]
+    assert [(a["action"], a["by"]) for a in report["operator_actions"]] == [("discard", "lee")]
     assert len(export(daemon, district.name)) == 10
     refused = daemon.cli("epochs", "approve", district.name, "20260405-030000", check=False)
     assert refused.returncode == 1 and "only a held epoch" in refused.stderr

@@ -25,10 +25,34 @@ from ingest.store.db import Database
 
 STATES = ("received", "processing", "applied", "rejected", "held", "superseded", "failed")
 FINAL_STATES = ("applied", "rejected", "held", "superseded", "failed")
+_FINAL = ", ".join(f"'{state}'" for state in FINAL_STATES)  # for SQL: state IN (...)
 
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """An operator's decision about an epoch: ``action`` is approve, discard, reprocess,
+    retire or force-apply; ``by`` who (``--by``, or the operator's login name)."""
+
+    action: str
+    by: str
+    at: str
+
+    def describe(self) -> str:
+        verb = _ACTION_VERBS.get(self.action, self.action)
+        return f"{self.at}: {self.by} {verb}"
+
+
+_ACTION_VERBS = {
+    "approve": "approved it",
+    "discard": "discarded it",
+    "reprocess": "had it processed again",
+    "retire": "took it out of the epoch order",
+    "force-apply": "had it applied although a newer upload was",
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,7 @@ class EpochRecord:
     outcome: Outcome | None
     retired_at: str | None = None  # an operator took it out of the epoch order
     forced_at: str | None = None  # an operator had it applied although superseded
+    actions: tuple[OperatorAction, ...] = ()  # what operators did to it, oldest first
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> EpochRecord:
@@ -68,6 +93,7 @@ class EpochRecord:
             outcome=Outcome.from_json(outcome) if outcome else None,
             retired_at=row["retired_at"],
             forced_at=row["forced_at"],
+            actions=tuple(OperatorAction(**a) for a in json.loads(row["actions"])),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -87,6 +113,7 @@ class EpochRecord:
             "outcome": self.outcome.to_json() if self.outcome else None,
             "retired_at": self.retired_at,
             "forced_at": self.forced_at,
+            "actions": [vars(a) for a in self.actions],
         }
 
 
@@ -156,35 +183,6 @@ class Ledger:
         with self.db.connect() as conn:
             self.finish(conn, district, name, outcome)
 
-    def retire(self, district: str, name: str) -> bool:
-        """Take a finished epoch out of the epoch order for good (its report is rewritten
-        to say so): a bogus name no longer supersedes the district's correct uploads."""
-        placeholders = ", ".join("?" for _ in FINAL_STATES)
-        with self.db.connect() as conn:
-            return (
-                conn.execute(
-                    "UPDATE epochs SET retired_at = ?, published_at = NULL"
-                    " WHERE district = ? AND name = ? AND retired_at IS NULL"
-                    f" AND state IN ({placeholders})",
-                    (now(), district, name, *FINAL_STATES),
-                ).rowcount
-                == 1
-            )
-
-    def force(self, district: str, name: str) -> bool:
-        """A superseded epoch goes back to ``received`` and is applied although a newer one
-        was (an operator's decision: it rolls accounts back to this snapshot)."""
-        with self.db.connect() as conn:
-            return (
-                conn.execute(
-                    "UPDATE epochs SET state = 'received', forced_at = ?, claimed_at = NULL,"
-                    " finished_at = NULL, published_at = NULL, outcome = NULL"
-                    " WHERE district = ? AND name = ? AND state = 'superseded'",
-                    (now(), district, name),
-                ).rowcount
-                == 1
-            )
-
     def mark_published(self, district: str, name: str) -> None:
         with self.db.connect() as conn:
             conn.execute(
@@ -203,54 +201,96 @@ class Ledger:
                 "UPDATE epochs SET state = 'received' WHERE state = 'processing'"
             ).rowcount
 
-    def requeue(self, district: str, name: str) -> bool:
+    # --- operators' actions: each is recorded with who and when (EpochRecord.actions) ---
+
+    def _act(self, district: str, name: str, action: str, by: str, change: str, *args: str) -> bool:
+        """One operator action: ``change`` is the UPDATE's SET list and WHERE condition
+        (after ``district = ? AND name = ?``); the action is appended to the epoch's
+        record in the same statement, so it is recorded exactly when it took effect."""
+        done = json.dumps({"action": action, "by": by, "at": now()})
+        set_list, condition = change.split(" WHERE ")
+        with self.db.connect() as conn:
+            return (
+                conn.execute(
+                    f"UPDATE epochs SET {set_list},"
+                    " actions = json_insert(actions, '$[#]', json(?))"
+                    f" WHERE district = ? AND name = ? AND {condition}",
+                    (*args, done, district, name),
+                ).rowcount
+                == 1
+            )
+
+    def requeue(self, district: str, name: str, by: str) -> bool:
         """For ``ingest epochs reprocess``: a finished epoch goes back to ``received``."""
-        placeholders = ", ".join("?" for _ in FINAL_STATES)
-        with self.db.connect() as conn:
-            return (
-                conn.execute(
-                    "UPDATE epochs SET state = 'received', claimed_at = NULL, finished_at = NULL,"
-                    " published_at = NULL, outcome = NULL"
-                    f" WHERE district = ? AND name = ? AND state IN ({placeholders})",
-                    (district, name, *FINAL_STATES),
-                ).rowcount
-                == 1
-            )
+        return self._act(
+            district,
+            name,
+            "reprocess",
+            by,
+            "state = 'received', claimed_at = NULL, finished_at = NULL, published_at = NULL,"
+            f" outcome = NULL WHERE state IN ({_FINAL})",
+        )
 
-    def approve(self, district: str, name: str) -> bool:
+    def approve(self, district: str, name: str, by: str) -> bool:
         """A held epoch goes back to ``received``, approved: the threshold is lifted."""
-        with self.db.connect() as conn:
-            return (
-                conn.execute(
-                    "UPDATE epochs SET state = 'received', approved = 1, claimed_at = NULL,"
-                    " finished_at = NULL, published_at = NULL, outcome = NULL"
-                    " WHERE district = ? AND name = ? AND state = 'held'",
-                    (district, name),
-                ).rowcount
-                == 1
-            )
+        return self._act(
+            district,
+            name,
+            "approve",
+            by,
+            "state = 'received', approved = 1, claimed_at = NULL, finished_at = NULL,"
+            " published_at = NULL, outcome = NULL WHERE state = 'held'",
+        )
 
-    def discard(self, district: str, name: str) -> bool:
+    def discard(self, district: str, name: str, by: str) -> bool:
         """A held epoch is rejected for good; its report is rewritten (published again)."""
         outcome = Outcome(
             "rejected",
             errors=(
                 Finding(
                     "epoch_discarded",
-                    "an operator discarded this upload after it was held; nothing was changed",
+                    f"an operator ({by}) discarded this upload after it was held; nothing "
+                    "was changed. If its data is still wanted, upload a corrected file as a "
+                    "new epoch.",
                 ),
             ),
             message="discarded by an operator",
         )
-        with self.db.connect() as conn:
-            return (
-                conn.execute(
-                    "UPDATE epochs SET state = 'rejected', finished_at = ?, published_at = NULL,"
-                    " outcome = ? WHERE district = ? AND name = ? AND state = 'held'",
-                    (now(), json.dumps(outcome.to_json()), district, name),
-                ).rowcount
-                == 1
-            )
+        return self._act(
+            district,
+            name,
+            "discard",
+            by,
+            "state = 'rejected', finished_at = ?, published_at = NULL, outcome = ?"
+            " WHERE state = 'held'",
+            now(),
+            json.dumps(outcome.to_json()),
+        )
+
+    def retire(self, district: str, name: str, by: str) -> bool:
+        """Take a finished epoch out of the epoch order for good (its report is rewritten
+        to say so): a bogus name no longer supersedes the district's correct uploads."""
+        return self._act(
+            district,
+            name,
+            "retire",
+            by,
+            f"retired_at = ?, published_at = NULL WHERE retired_at IS NULL AND state IN ({_FINAL})",
+            now(),
+        )
+
+    def force(self, district: str, name: str, by: str) -> bool:
+        """A superseded epoch goes back to ``received`` and is applied although a newer one
+        was (an operator's decision: it rolls accounts back to this snapshot)."""
+        return self._act(
+            district,
+            name,
+            "force-apply",
+            by,
+            "state = 'received', forced_at = ?, claimed_at = NULL, finished_at = NULL,"
+            " published_at = NULL, outcome = NULL WHERE state = 'superseded'",
+            now(),
+        )
 
     def get(self, district: str, name: str) -> EpochRecord | None:
         with self.db.read() as conn:

@@ -6,11 +6,13 @@ import csv
 import io
 import json
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest.epochs.handoff import Finding
-from ingest.epochs.ledger import EpochRecord
 from ingest.text import formula_safe, printable
+
+if TYPE_CHECKING:  # the offline validator uses group_findings without the ledger
+    from ingest.epochs.ledger import EpochRecord
 
 REPORT_JSON = "report.json"
 REPORT_TXT = "report.txt"
@@ -50,6 +52,7 @@ def report_json(record: EpochRecord) -> dict[str, Any]:
         "warnings": [f.to_json() for f in warnings],
         "retired_at": record.retired_at,
         "forced_at": record.forced_at,
+        "operator_actions": [vars(a) for a in record.actions],
     }
 
 
@@ -98,6 +101,9 @@ def render_text(record: EpochRecord) -> str:
             f"An operator took it out of the epoch order on {record.retired_at}: it no longer "
             "counts as your newest upload (the accounts it changed stay as they are)."
         )
+    if record.actions:
+        lines += ["", "What operators did:"]
+        lines += [f"  {action.describe()}" for action in record.actions]
     lines += [
         "",
         f"Status:   {record.state}",

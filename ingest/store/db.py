@@ -153,6 +153,11 @@ STATE_MIGRATIONS: tuple[str, ...] = (
         last_login REAL NOT NULL
     );
     """,
+    # Who did what to an epoch, and when (approve, discard, reprocess, retire,
+    # force-apply): a JSON list of {"action", "by", "at"}, shown in the epoch's report.
+    """
+    ALTER TABLE epochs ADD COLUMN actions TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 
 
