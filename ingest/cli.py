@@ -40,7 +40,9 @@ from ingest.provisioning.accounts import (
 )
 from ingest.provisioning.csvapi import COLUMNS
 from ingest.provisioning.guide import refresh_guide
-from ingest.provisioning.validate import validate_path
+from ingest.provisioning.processor import validation_limits
+from ingest.provisioning.validate import read_buildings, validate_path
+from ingest.provisioning.validator import build_validator
 from ingest.server import Server
 from ingest.sftp import load_or_create_host_keys
 from ingest.store import Database, DistrictError, DistrictStore
@@ -192,7 +194,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("path", type=Path, help="users.csv or an epoch directory")
     validate.add_argument("--json", action="store_true", help="machine-readable output")
+    validate.add_argument(
+        "--buildings", type=Path, metavar="FILE", help="a building list, one name a line"
+    )
+    validate.add_argument(
+        "--district", help="check against this district's building list (as the server does)"
+    )
     validate.set_defaults(handler=_validate)
+    validator = commands.add_parser(
+        "validator", help="the districts' own validator (validate-users.pyz)"
+    )
+    vc = validator.add_subparsers(dest="validator_command", required=True, metavar="ACTION")
+    vbuild = vc.add_parser(
+        "build",
+        help="write validate-users.pyz with this server's limits: it runs on a stock "
+        "Python 3.11+ (every district's root has a copy)",
+    )
+    vbuild.add_argument("file", type=Path, help="where to write it, e.g. validate-users.pyz")
+    vbuild.set_defaults(handler=_validator_build)
 
     epochs = commands.add_parser("epochs", help="inspect and reprocess epochs")
     ec = epochs.add_subparsers(dest="epochs_command", required=True, metavar="ACTION")
@@ -375,7 +394,7 @@ def _district_add(args: argparse.Namespace, config: Config) -> int:
     keys = tuple(line for path in args.key for line in _read_keys(path))
     store = _store(config)
     district = store.add(args.name, password, keys)
-    refresh_guide(store.db, config.districts_dir, district.name)  # README.txt, template
+    _refresh_guide(store, config, district.name)  # README.txt, template, validator
     print(f"added district {district.name}: root {config.districts_dir / district.name}")
     for key in district.keys:
         print(f"  key {key.fingerprint} {key.algorithm} {key.comment}".rstrip())
@@ -410,12 +429,33 @@ def _district_toggle(args: argparse.Namespace, config: Config) -> int:
 
 
 def _validate(args: argparse.Namespace, config: Config) -> int:
+    buildings = None
     try:
-        result = validate_path(args.path)
+        if args.buildings:
+            buildings = read_buildings(args.buildings)
+        elif args.district:
+            with _store(config).db.read() as conn:
+                buildings = get_settings(conn, args.district).buildings
+        result = validate_path(args.path, validation_limits(config.provisioning), buildings)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(printable(str(exc))) from None
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.render(), end="")
+    return 0 if result.verdict == "applied" else 1
+
+
+def _refresh_guide(store: DistrictStore, config: Config, district: str) -> None:
+    validator = build_validator(validation_limits(config.provisioning))
+    refresh_guide(store.db, config.districts_dir, validator, district)
+
+
+def _validator_build(args: argparse.Namespace, config: Config) -> int:
+    pyz = build_validator(validation_limits(config.provisioning))
+    try:
+        args.file.write_bytes(pyz)
     except OSError as exc:
         raise CommandError(str(exc)) from None
-    print(json.dumps(result.to_json(), indent=2) if args.json else result.render(), end="")
-    return 1 if result.errors else 0
+    print(f"wrote {args.file} ({len(pyz)} bytes); run it with: python3 {args.file} users.csv")
+    return 0
 
 
 def _ledger(config: Config) -> Ledger:
@@ -646,7 +686,7 @@ def _district_buildings_set(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(f"{args.file} lists no buildings")
     with store.db.connect() as conn:
         set_buildings(conn, args.name, names)
-    refresh_guide(store.db, config.districts_dir, args.name)  # /buildings.txt
+    _refresh_guide(store, config, args.name)  # /buildings.txt
     print(f"{args.name}: {len(set(names))} buildings")
     return 0
 
@@ -656,7 +696,7 @@ def _district_buildings_clear(args: argparse.Namespace, config: Config) -> int:
     store.require(args.name)
     with store.db.connect() as conn:
         set_buildings(conn, args.name, None)
-    refresh_guide(store.db, config.districts_dir, args.name)
+    _refresh_guide(store, config, args.name)
     print(f"{args.name}: any building name is accepted")
     return 0
 

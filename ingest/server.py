@@ -16,6 +16,8 @@ from ingest.config import Config
 from ingest.epochs.service import EpochService
 from ingest.logging import flush_logs, get_logger
 from ingest.provisioning.guide import refresh_guide
+from ingest.provisioning.processor import validation_limits
+from ingest.provisioning.validator import build_validator
 from ingest.sftp import (
     Denied,
     FanOut,
@@ -73,11 +75,13 @@ class Server:
                 path=cut.virtual,
                 size=cut.size,
             )
+        # The districts' validator, with this server's limits: the same bytes for every root.
+        validator = build_validator(validation_limits(config.provisioning))
         self.epochs = EpochService(
             config,
             database,
             uploads,
-            on_district=functools.partial(refresh_guide, database, config.districts_dir),
+            on_district=functools.partial(refresh_guide, database, config.districts_dir, validator),
         )
         await self.epochs.start()
         events = FanOut(self.epochs, self.events) if self.events is not None else self.epochs

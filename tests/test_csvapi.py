@@ -217,25 +217,32 @@ def test_validate_command(tmp_path: Path) -> None:
     good = tmp_path / "good" / "users.csv"
     good.parent.mkdir()
     good.write_bytes((HEADER + GOOD).encode())
-    ok = subprocess.run(
-        [sys.executable, "-m", "ingest", "validate", str(good.parent)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
-    assert ok.returncode == 0 and "VALID" in ok.stdout
-    (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "Users.csv").write_bytes(b"Email,First Name\r\n")
-    bad = subprocess.run(
-        [sys.executable, "-m", "ingest", "validate", "--json", str(tmp_path / "bad")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-    )
-    assert bad.returncode == 1
-    assert [e["code"] for e in json.loads(bad.stdout)["errors"]] == ["file_misnamed"]
+
+    def validate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ingest", "validate", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+
+    waiting = validate(str(good.parent))  # an epoch directory without COMPLETE
+    assert waiting.returncode == 1 and "would WAIT" in waiting.stdout
+    assert "[marker_missing]" in waiting.stdout and "[epoch_name_invalid]" in waiting.stdout
+    (good.parent / "COMPLETE").touch()
+    ok = validate(str(good.parent))
+    assert ok.returncode == 0 and "would be applied: 1 row, 0 skipped" in ok.stdout
+    assert validate(str(good)).returncode == 0
+    bad = tmp_path / "20260101-000000"
+    bad.mkdir()
+    (bad / "Users.csv").write_bytes(b"Email,First Name\r\n")  # and Last Name is missing
+    (bad / "COMPLETE").touch()
+    found = validate("--json", str(bad))
+    assert found.returncode == 1 and json.loads(found.stdout)["verdict"] == "rejected"
+    # The misnamed file's content is checked too: both mistakes in one round trip.
+    codes = [e["code"] for e in json.loads(found.stdout)["errors"]]
+    assert codes == ["file_misnamed", "column_missing"]
 
 
 def test_an_encoding_error_far_into_the_file_is_located_exactly(tmp_path: Path) -> None:
@@ -466,3 +473,23 @@ def test_excel_mistakes_get_excel_advice(tmp_path: Path) -> None:
     (error,) = report.row_errors
     assert "scientific notation" in error.message and "Text" in error.message
     assert error.email == "sci@example.org" and error.value == "1.23E+05"
+
+
+def test_rows_are_checked_when_the_header_has_a_misnamed_or_repeated_column(
+    tmp_path: Path,
+) -> None:
+    """A header the server can read, though it rejects it, does not hide the rows'
+    mistakes: the district fixes both in one round trip."""
+    header = "E-mail,First Name,Last Name,Staff Id,Staff Id\r\n"
+    rows = "ann@example.org,Ann,Lee,A1,A1\r\nbob@example.org,,Ray,B-2,B2\r\n"
+    path = tmp_path / "users.csv"
+    path.write_bytes((header + rows).encode())
+    report = validate_users_csv(path)
+    assert [f.code for f in report.file_errors] == ["column_misnamed", "column_duplicate"]
+    found = {(f.code, f.line, f.column, f.email) for f in report.row_errors}
+    # The misnamed column is read as Email; the repeated one from its first occurrence.
+    assert found == {
+        ("value_required", 3, "First Name", "bob@example.org"),
+        ("value_invalid", 3, "Staff Id", "bob@example.org"),
+    }
+    assert (report.rows, report.bad_rows) == (2, 1)

@@ -348,12 +348,17 @@ class _Validator:
                 header = None
                 self.file_error("quote_unbalanced", "the header row has an unbalanced quote", 1)
             if header is None or bad_line is not None:
+                # Past a problem of the bytes (not UTF-8, NUL bytes, a line too long), the
+                # text cannot be trusted, nor its lines' lengths bounded: the header only.
                 if header is not None and bad_line != 1:
                     self.header(header)  # its problems are worth knowing too
                 return False
             if reader.line_num != 1:
                 self.file_error("newline_in_field", "the header row contains a line break", 1)
                 return False
+            # Whenever the header can be read, the rows are checked too, even when the file
+            # is rejected already (a misnamed or repeated column): each mistake found now
+            # saves the district a nightly round trip.
             getter = self.header(header)
             if getter is None:
                 return False
@@ -417,10 +422,12 @@ class _Validator:
             return None
         self.width = len(fields)
         columns: dict[str, int] = {}
+        misnamed: dict[str, int] = {}
         for index, name in enumerate(fields):
             if name in COLUMNS:
                 if name in columns:
                     self.file_error("column_duplicate", f"column {name!r} appears twice", 1, name)
+                    continue  # its rows are read from the first
                 columns[name] = index
                 continue
             meant = meant_column(name)
@@ -439,6 +446,7 @@ class _Validator:
                     1,
                     name,
                 )
+                misnamed.setdefault(meant, index)  # its rows are read as that column
             else:
                 self.warn(
                     "column_unknown",
@@ -457,9 +465,12 @@ class _Validator:
                     f"the header must include {', '.join(REQUIRED)}",
                     1,
                 )
-        if self.report.file_errors:
+        if any(f.code in ("column_missing", "delimiter_invalid") for f in self.report.file_errors):
             return None
-        getter: _Getter = itemgetter(*[columns.get(name, self.width) for name in COLUMNS])
+        # Rows are read even when a column is misnamed or repeated (the file is rejected
+        # already): a misnamed column is read as the column it was meant to be.
+        found = {**misnamed, **columns}
+        getter: _Getter = itemgetter(*[found.get(name, self.width) for name in COLUMNS])
         return getter
 
     def rows(self, reader: Iterator[list[str]], getter: _Getter) -> None:
@@ -483,8 +494,7 @@ class _Validator:
             except csv.Error as exc:
                 line_num = reader.line_num  # type: ignore[attr-defined]
                 rows += 1
-                self.quote_error(str(exc), start)
-                if report.file_errors:
+                if self.quote_error(str(exc), start):
                     break  # the rest of the file cannot be read reliably
                 continue
             line_num = reader.line_num  # type: ignore[attr-defined]
@@ -570,11 +580,12 @@ class _Validator:
             )
             self.bad_values(start, value)
         report.rows += rows
-        if not report.file_errors:
-            self.stage.add_many(batch)
-            report.valid_rows += len(batch)
+        self.stage.add_many(batch)
+        report.valid_rows += len(batch)
 
-    def quote_error(self, error: str, line: int) -> None:
+    def quote_error(self, error: str, line: int) -> bool:
+        """Report a csv.Error of the row at ``line``; True when the rest of the file
+        cannot be read reliably."""
         if "unexpected end of data" in error:
             self.bad_row(
                 "quote_unbalanced",
@@ -590,6 +601,7 @@ class _Validator:
                 'closed; quote fields as "..." and double quotes inside them',
                 line,
             )
+            return True
         else:
             self.bad_row(
                 "quote_unbalanced",
@@ -597,6 +609,7 @@ class _Validator:
                 'fields as "..." and double quotes inside them',
                 line,
             )
+        return False
 
     def newline_in_field(self, line: int) -> None:
         self.bad_row(

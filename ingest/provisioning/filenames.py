@@ -9,9 +9,12 @@ from __future__ import annotations
 import sqlite3
 from contextlib import AbstractContextManager, nullcontext
 from difflib import get_close_matches
+from typing import TYPE_CHECKING
 
 from ingest.epochs.handoff import ClaimedEpoch, Finding, Outcome
-from ingest.store.db import Database
+
+if TYPE_CHECKING:  # the offline validator runs without the store (stdlib only)
+    from ingest.store.db import Database
 
 API_FILES = ("users.csv",)
 REQUIRED_FILES = ("users.csv",)
@@ -37,6 +40,16 @@ def meant_file(name: str) -> str | None:
             return expected
     close = get_close_matches(name.lower(), API_FILES, n=1, cutoff=0.75)
     return close[0] if close else None
+
+
+def stand_in(names: list[str], sizes: dict[str, int], expected: str) -> str | None:
+    """The one non-empty file of ``names`` that was meant to be ``expected`` (``Users.csv``
+    for users.csv) when ``expected`` itself is missing: its content is validated too, so
+    that the district learns of its other mistakes in the same report."""
+    if expected in names:
+        return None
+    meant = [n for n in names if meant_file(n) == expected and sizes.get(n, 0) > 0]
+    return meant[0] if len(meant) == 1 else None
 
 
 def check_file_names(

@@ -16,12 +16,23 @@ from ingest.config import ProvisioningConfig
 from ingest.epochs.handoff import ClaimedEpoch, Finding, Outcome
 from ingest.provisioning.accounts import DistrictSettings, get_settings, now
 from ingest.provisioning.csvapi import FILE_NAME, Limits, ValidationReport, validate_users_csv
-from ingest.provisioning.filenames import check_file_names
+from ingest.provisioning.filenames import check_file_names, stand_in
 from ingest.provisioning.staging import Stage
 from ingest.store.db import Database
 
 LISTED_DELETIONS = 100
 CLOSE_AFTER_BYTES = 1 << 20
+
+
+def validation_limits(settings: ProvisioningConfig) -> Limits:
+    """The CSV API's limits as configured: the server's, ``ingest validate``'s and those
+    built into the districts' validator."""
+    return Limits(
+        max_file_bytes=settings.max_file_bytes,
+        max_field_length=settings.max_field_length,
+        max_bad_row_share=settings.max_bad_row_share,
+        max_bad_rows_min=settings.max_bad_rows_min,
+    )
 
 
 @dataclass
@@ -41,12 +52,7 @@ class ProvisioningProcessor:
 
     def __init__(self, settings: ProvisioningConfig) -> None:
         self.settings = settings
-        self.limits = Limits(
-            max_file_bytes=settings.max_file_bytes,
-            max_field_length=settings.max_field_length,
-            max_bad_row_share=settings.max_bad_row_share,
-            max_bad_rows_min=settings.max_bad_rows_min,
-        )
+        self.limits = validation_limits(settings)
 
     @contextmanager
     def prepare(self, epoch: ClaimedEpoch, database: Database) -> Iterator[Prepared]:
@@ -57,15 +63,7 @@ class ProvisioningProcessor:
         sizes = {f.name: f.size for f in epoch.files}
         file_errors, warnings = check_file_names(list(sizes), sizes)
         if file_errors:
-            yield Prepared(
-                Outcome(
-                    "rejected",
-                    {"rows": 0},
-                    tuple(file_errors),
-                    tuple(warnings),
-                    message="the epoch's files do not follow the CSV API; nothing was changed",
-                )
-            )
+            yield Prepared(self._wrong_files(epoch, database, sizes, file_errors, warnings))
             return
         stage = None
         try:
@@ -90,6 +88,35 @@ class ProvisioningProcessor:
                 database.close_thread_connection()
             elif stage is not None:
                 stage.release()
+
+    def _wrong_files(
+        self,
+        epoch: ClaimedEpoch,
+        database: Database,
+        sizes: dict[str, int],
+        errors: list[Finding],
+        warnings: list[Finding],
+    ) -> Outcome:
+        """The rejection of an epoch whose file names are wrong. A file meant to be
+        users.csv (``Users.csv``) is validated all the same, on a private stage: the
+        district then fixes its content in the same round trip as its name."""
+        summary = {"rows": 0}
+        name = stand_in(list(sizes), sizes, FILE_NAME)
+        if name is not None:
+            with database.snapshot() as conn:
+                buildings = get_settings(conn, epoch.district).buildings
+            content = validate_users_csv(epoch.directory / name, self.limits, buildings)
+            summary = {"rows": content.rows, "skipped": content.bad_rows}
+            errors = [*errors, *content.errors]
+            warnings = [*warnings, *content.warnings]
+        return Outcome(
+            "rejected",
+            summary,
+            tuple(errors),
+            tuple(warnings),
+            message="the epoch's files do not follow the CSV API; nothing was changed"
+            + (f" (the content of {name} was checked too)" if name else ""),
+        )
 
     def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection, prepared: Prepared) -> Outcome:
         """Inside the write transaction: reject, hold or apply what ``prepare`` staged."""
