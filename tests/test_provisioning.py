@@ -282,3 +282,44 @@ def test_hostile_values_never_become_accounts_or_reach_a_terminal_raw(
     assert exported["sum@example.org"]["Last Name"] == "'@Evil"
     raw = daemon.cli("accounts", "export", district.name, "--raw").stdout
     assert ",=SUM(A1),@Evil," in raw  # exactly as stored, on request
+
+
+def test_changes_csv_lists_who_was_created_updated_deleted_and_reactivated(
+    daemon: Daemon, district: Credentials
+) -> None:
+    folder = daemon.root(district.name) / "upload-processed"
+
+    def changes(epoch: str) -> list[list[str]]:
+        data = (folder / epoch / "changes.csv").read_bytes()
+        assert data.startswith(b"\xef\xbb\xbf")  # Excel reads it as UTF-8
+        return list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+
+    upload(daemon, district, "20260410-010000", HEADER + ANN + BOB + CYD)
+    first = changes("20260410-010000")
+    assert first[0] == ["email", "change", "columns", "before", "after"]
+    assert sorted(r[:2] for r in first[1:]) == [
+        ["ann@example.org", "created"],
+        ["bob@example.org", "created"],
+        ["cyd@example.org", "created"],
+    ]
+    renamed = CYD.replace(",Cyd,", ",=HYPERLINK(1),")  # a cell never starts with it
+    gone = BOB.replace(",,,\r\n", ",,,yes\r\n")
+    dan = "dan@example.org,Dan,Fox,,,,\r\n"
+    upload(daemon, district, "20260410-020000", HEADER + ANN + gone + renamed + dan)
+    assert sorted(changes("20260410-020000")[1:]) == [
+        ["bob@example.org", "deleted", "", "", ""],
+        [
+            "cyd@example.org",
+            "updated",
+            "First Name",
+            "First Name: Cyd",
+            "First Name: =HYPERLINK(1)",
+        ],
+        ["dan@example.org", "created", "", "", ""],
+    ]
+    upload(daemon, district, "20260410-030000", HEADER + ANN + BOB + renamed + dan)
+    assert changes("20260410-030000")[1:] == [["bob@example.org", "reactivated", "", "", ""]]
+    # Nothing changed: no changes.csv at all.
+    report = upload(daemon, district, "20260410-040000", HEADER + ANN + BOB + renamed + dan)
+    assert report["counts"]["unchanged"] == 4
+    assert not (folder / "20260410-040000" / "changes.csv").exists()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ingest.epochs.handoff import FileInfo
 from ingest.epochs.names import MARKER, auto_target, epoch_name_for, parse_epoch_name
-from ingest.epochs.reports import ERRORS_CSV, REPORT_JSON, REPORT_NAMES, REPORT_TXT
+from ingest.epochs.reports import REPORT_NAMES
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 FILE_MODE = 0o640
@@ -204,15 +204,14 @@ def publish(
     processed_dir: Path,
     name: str,
     archive_dir: Path,
-    report_json: str,
-    report_txt: str,
-    errors_csv: str | None = None,
+    reports: dict[str, str | None],
 ) -> Path:
-    """Put the epoch and its reports under ``/upload-processed/<name>/``."""
+    """Put the epoch and its ``reports`` (file name: text, or None for a report this
+    outcome does not have) under ``/upload-processed/<name>/``."""
     source = upload_dir / name
     target = processed_dir / name
     if source.is_dir():
-        _write_reports(source, report_json, report_txt, errors_csv)
+        _write_reports(source, reports)
         if target.exists():  # only after a reprocess of an already published epoch
             target = _free_path(processed_dir, name)
         os.rename(source, target)
@@ -222,7 +221,7 @@ def publish(
     for path in sorted(archive_dir.iterdir()) if archive_dir.is_dir() else []:
         if path.name not in REPORT_NAMES and not (target / path.name).exists():
             shutil.copy2(path, target / path.name)
-    _write_reports(target, report_json, report_txt, errors_csv)
+    _write_reports(target, reports)
     return target
 
 
@@ -233,15 +232,11 @@ def _free_path(parent: Path, name: str) -> Path:
     return parent / f"{name}.{counter}"
 
 
-def _write_reports(
-    directory: Path, report_json: str, report_txt: str, errors_csv: str | None
-) -> None:
-    if errors_csv is None:
-        (directory / ERRORS_CSV).unlink(missing_ok=True)  # from an earlier processing
-    reports = [(REPORT_JSON, report_json), (REPORT_TXT, report_txt)]
-    if errors_csv is not None:
-        reports.append((ERRORS_CSV, errors_csv))
-    for filename, text in reports:
+def _write_reports(directory: Path, reports: dict[str, str | None]) -> None:
+    for filename, text in reports.items():
+        if text is None:
+            (directory / filename).unlink(missing_ok=True)  # from an earlier processing
+            continue
         tmp = directory / f".{filename}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

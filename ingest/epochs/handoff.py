@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    from ingest.epochs.ledger import EpochRecord
     from ingest.store.db import Database
 
 # Final states. A processor returns applied, rejected, held or failed; the epoch layer
@@ -110,3 +111,9 @@ class Processor(Protocol):
     def prepare(self, epoch: ClaimedEpoch, database: Database) -> AbstractContextManager[Any]: ...
 
     def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection, prepared: Any) -> Outcome: ...
+
+    def reports(self, database: Database, record: EpochRecord) -> dict[str, str | None]:
+        """Report files of its own beside report.json, by name (None: this outcome has
+        none, and one left from an earlier processing goes). Called in the daemon when
+        the finished epoch is published, from the state ``process`` committed."""
+        ...

@@ -29,7 +29,10 @@ from ingest.epochs.isolation import ProcessorDied, ProcessorRunner
 from ingest.epochs.ledger import EpochRecord, Ledger
 from ingest.epochs.names import PROCESSED, UPLOAD
 from ingest.epochs.reports import (
+    ERRORS_CSV,
     INDEX_JSON,
+    REPORT_JSON,
+    REPORT_TXT,
     render_errors_csv,
     render_index,
     render_json,
@@ -67,6 +70,7 @@ class EpochPipeline:
         self.settings = config.epochs
         self.districts_dir = districts_dir
         self.archive_dir = archive_dir
+        self.database = database
         self.ledger = ledger
         self.status = status
         self.runner = ProcessorRunner(config, database, ledger)
@@ -340,14 +344,18 @@ class EpochPipeline:
         record = self.ledger.get(district, name)
         assert record is not None
         district_root = self.districts_dir / district
+        reports = {
+            REPORT_JSON: render_json(record),
+            REPORT_TXT: render_text(record),
+            ERRORS_CSV: render_errors_csv(record),
+            **self.runner.processor.reports(self.database, record),
+        }
         target = epoch_files.publish(
             district_root / UPLOAD,
             district_root / PROCESSED,
             name,
             self.archive_dir / district / name,
-            render_json(record),
-            render_text(record),
-            render_errors_csv(record),
+            reports,
         )
         self.ledger.mark_published(district, name)
         write_index(self.districts_dir / district, self.ledger)

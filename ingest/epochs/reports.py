@@ -17,7 +17,8 @@ if TYPE_CHECKING:  # the offline validator uses group_findings without the ledge
 REPORT_JSON = "report.json"
 REPORT_TXT = "report.txt"
 ERRORS_CSV = "errors.csv"
-REPORT_NAMES = frozenset({REPORT_JSON, REPORT_TXT, ERRORS_CSV})
+CHANGES_CSV = "changes.csv"  # written by the processor's extra_reports (accounts changed)
+REPORT_NAMES = frozenset({REPORT_JSON, REPORT_TXT, ERRORS_CSV, CHANGES_CSV})
 INDEX_JSON = "index.json"  # in the district's root: every epoch, for scripts
 MAX_INDEXED = 200
 # Excel reads a CSV file without one as the system's code page: josé shows as josÃ©.

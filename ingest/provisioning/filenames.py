@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ingest.epochs.handoff import ClaimedEpoch, Finding, Outcome
 
 if TYPE_CHECKING:  # the offline validator runs without the store (stdlib only)
+    from ingest.epochs.ledger import EpochRecord
     from ingest.store.db import Database
 
 API_FILES = ("users.csv",)
@@ -110,6 +111,9 @@ class FileNameProcessor:
 
     def prepare(self, epoch: ClaimedEpoch, database: Database) -> AbstractContextManager[None]:
         return nullcontext()
+
+    def reports(self, database: Database, record: EpochRecord) -> dict[str, str | None]:
+        return {}
 
     def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection, prepared: None) -> Outcome:
         names = [f.name for f in epoch.files]

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 
 from ingest.config import ProvisioningConfig
 from ingest.epochs.handoff import ClaimedEpoch, Finding, Outcome
+from ingest.epochs.ledger import EpochRecord
 from ingest.provisioning.accounts import DistrictSettings, get_settings, now
+from ingest.provisioning.changes import render_changes_csv
 from ingest.provisioning.csvapi import FILE_NAME, Limits, ValidationReport, validate_users_csv
 from ingest.provisioning.filenames import check_file_names, stand_in
 from ingest.provisioning.staging import Stage
@@ -117,6 +119,11 @@ class ProvisioningProcessor:
             message="the epoch's files do not follow the CSV API; nothing was changed"
             + (f" (the content of {name} was checked too)" if name else ""),
         )
+
+    def reports(self, database: Database, record: EpochRecord) -> dict[str, str | None]:
+        """changes.csv: the accounts an applied epoch created, updated, deleted or
+        reactivated."""
+        return render_changes_csv(database, record)
 
     def process(self, epoch: ClaimedEpoch, conn: sqlite3.Connection, prepared: Prepared) -> Outcome:
         """Inside the write transaction: reject, hold or apply what ``prepare`` staged."""

@@ -158,6 +158,10 @@ STATE_MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE epochs ADD COLUMN actions TEXT NOT NULL DEFAULT '[]';
     """,
+    # An epoch's changes, for its changes.csv (ingest/provisioning/changes.py).
+    """
+    CREATE INDEX account_changes_by_epoch ON account_changes (district, epoch);
+    """,
 )
 
 
