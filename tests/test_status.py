@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.clients import paramiko_client, put_epoch, sftp_batch
+from tests.clients import curl, lftp, paramiko_client, put_epoch, sftp_batch, sftp_url
 from tests.harness import FAST_EPOCHS, Credentials, Daemon, run_daemon
 
 USERS = b"Email,First Name,Last Name\r\nann@example.org,Ann,Lee\r\nbob@example.org,Bob,Ray\r\n"
@@ -235,3 +235,143 @@ def test_a_script_finds_its_auto_result_by_sha256_in_the_index(
     assert mine["epoch"] == promoted["epoch"] and mine["origin"] == "auto"
     assert mine["status"] == "applied" and mine["counts"]["created"] == 3
     assert mine["report"] == f"/upload-processed/{promoted['epoch']}/report.json"
+
+
+def guide_script(name: str, **values: str) -> str:
+    """The guide's script ``name`` (the first fenced block after the paragraph that starts
+    with it), with its settings replaced by ``values``: the docs are what is tested."""
+    import re
+
+    guide = (Path(__file__).parent.parent / "docs" / "districts.md").read_text()
+    start = guide.index(f"`{name}` (")
+    script = guide[guide.index("```sh\n", start) + len("```sh\n") :]
+    script = script[: script.index("```\n")]
+    for key, value in values.items():
+        script, found = re.subn(rf"^{key}=.*$", f"{key}='{value}'", script, flags=re.M)
+        assert found == 1, key
+    return script
+
+
+def test_the_guides_auto_script_finds_its_own_result(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    """upload-auto.sh from docs/districts.md, run by sh with OpenSSH's sftp: its own
+    result, not the previous night's result of the same file, nor a report of another."""
+    import hashlib
+    import re
+    import subprocess
+
+    users = tmp_path / "users.csv"
+    script = tmp_path / "upload-auto.sh"
+    script.write_text(
+        guide_script(
+            "upload-auto.sh",
+            HOST="127.0.0.1",
+            PORT=str(daemon.port),
+            DISTRICT=district.name,
+            KEY=str(district.key_path),
+            KNOWN_HOSTS=str(daemon.known_hosts()),
+            CSV=str(users),
+            WAIT="1",
+        )
+    )
+
+    def run(data: bytes) -> tuple[int, str]:
+        users.write_bytes(data)
+        done = subprocess.run(
+            ["sh", str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        epoch = re.search(r"epoch (\d{8}-\d{6})", done.stdout)
+        assert epoch is not None, done.stdout + done.stderr
+        # The report printed is the one of the epoch made from this very file.
+        index = json.loads((daemon.root(district.name) / "index.json").read_text())
+        digest = hashlib.sha256(data).hexdigest()
+        [entry] = [e for e in index["epochs"] if e["epoch"] == epoch[1]]
+        assert [f["sha256"] for f in entry["files"]] == [digest]
+        assert entry["files"][0]["uploaded_as"] == "users_auto.csv"
+        return done.returncode, epoch[1]
+
+    status, first = run(USERS)
+    assert status == 0
+    status, again = run(USERS)  # the same file the next night: a result of its own
+    assert status == 0 and again > first
+    status, rejected = run(b"Email,First Name\r\nann@example.org,Ann\r\n")
+    assert status == 1 and rejected > again
+
+
+def test_curl_users_read_why_their_puts_were_refused(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    """curl says only that the upload failed; the status file, fetched with curl too,
+    says why and what to do."""
+    (tmp_path / "users.csv").write_bytes(USERS)
+    (tmp_path / "empty").write_bytes(b"")
+    refused = curl(
+        daemon,
+        district,
+        "-T",
+        str(tmp_path / "users.csv"),
+        sftp_url(daemon, "/upload/users.csv"),
+        check=False,
+    )
+    assert refused.returncode != 0
+    epoch = "20260504-020000"
+    curl(  # the data, then a marker named like a Windows file
+        daemon,
+        district,
+        "--ftp-create-dirs",
+        "-T",
+        str(tmp_path / "users.csv"),
+        sftp_url(daemon, f"/upload/{epoch}/users.csv"),
+    )
+    misnamed = curl(
+        daemon,
+        district,
+        "-T",
+        str(tmp_path / "empty"),
+        sftp_url(daemon, f"/upload/{epoch}/Complete.txt"),
+        check=False,
+    )
+    assert misnamed.returncode != 0
+
+    def explained(text: str) -> bool:
+        return "[epoch_missing]" in text and "[marker_misnamed]" in text
+
+    daemon.wait_until(
+        lambda: explained((daemon.root(district.name) / "STATUS.txt").read_text()),
+        "both refusals in STATUS.txt",
+    )
+    text = curl(daemon, district, sftp_url(daemon, "/STATUS.txt")).stdout
+    assert explained(text)
+    assert "name it exactly COMPLETE" in text and "users_auto.csv" in text
+    assert f"/upload/{epoch}: no COMPLETE yet" in text
+
+
+def test_lftp_users_see_a_forgotten_complete_go_stale(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    """The nightly script forgot COMPLETE: the epoch is listed as waiting at once, and as
+    stale past epochs.stale_after (shortened here), in the files lftp reads."""
+    epoch = "20260505-020000"
+    (tmp_path / "users.csv").write_bytes(USERS)
+    lftp(
+        daemon,
+        district,
+        f"mkdir /upload/{epoch}; put users.csv -o /upload/{epoch}/users.csv",
+        cwd=tmp_path,
+    )
+    wait_status(
+        daemon,
+        district,
+        "the epoch waiting",
+        lambda s: [(e["name"], e["reason"]) for e in s["epochs"]] == [(epoch, "no_marker")],
+    )
+    wait_status(  # past stale_after
+        daemon,
+        district,
+        "the epoch stale",
+        lambda s: [(e["name"], e["reason"]) for e in s["epochs"]] == [(epoch, "stale")],
+    )
+    listed = lftp(daemon, district, "cat /STATUS.txt; cat /status.json").stdout
+    assert f"/upload/{epoch}: no COMPLETE for a long time" in listed
+    assert '"reason": "stale"' in listed

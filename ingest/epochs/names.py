@@ -96,6 +96,13 @@ def auto_target(name: str) -> str | None:
     return f"{match['base']}.csv" if match else None
 
 
+def auto_source(name: str) -> str:
+    """The name an ``_auto.csv`` upload had before the server made it ``name`` in its
+    epoch (``users.csv`` -> ``users_auto.csv``): the inverse of :func:`auto_target`."""
+    stem = name[: -len(".csv")] if name.endswith(".csv") else name
+    return f"{stem}_auto.csv"
+
+
 def is_misnamed_marker(name: str) -> bool:
     """Almost ``COMPLETE``: other case, an extension, surrounding white space."""
     if name == MARKER:

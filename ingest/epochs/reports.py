@@ -9,6 +9,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from ingest.epochs.handoff import Finding
+from ingest.epochs.names import auto_source
 from ingest.text import formula_safe, printable
 
 if TYPE_CHECKING:  # the offline validator uses group_findings without the ledger
@@ -47,7 +48,7 @@ def report_json(record: EpochRecord) -> dict[str, Any]:
         "origin": record.origin,
         "received_at": record.received_at,
         "finished_at": record.finished_at,
-        "files": [vars(f) for f in record.files],
+        "files": files_json(record),
         "counts": outcome.summary if outcome else {},
         "errors": [f.to_json() for f in (outcome.errors if outcome else ())],
         "warnings": [f.to_json() for f in warnings],
@@ -55,6 +56,14 @@ def report_json(record: EpochRecord) -> dict[str, Any]:
         "forced_at": record.forced_at,
         "operator_actions": [vars(a) for a in record.actions],
     }
+
+
+def files_json(record: EpochRecord) -> list[dict[str, Any]]:
+    """The epoch's files; for one the server made from an ``_auto.csv`` upload, also the
+    name it was uploaded as (``uploaded_as``), which is what the district's script knows."""
+    if record.origin != "auto":
+        return [vars(f) for f in record.files]
+    return [{**vars(f), "uploaded_as": auto_source(f.name)} for f in record.files]
 
 
 def render_json(record: EpochRecord) -> str:
@@ -74,7 +83,7 @@ def render_index(district: str, records: list[EpochRecord]) -> str:
             "received_at": r.received_at,
             "finished_at": r.finished_at,
             "published": r.published_at is not None,
-            "files": [vars(f) for f in r.files],
+            "files": files_json(r),
             "counts": r.outcome.summary if r.outcome else {},
             "report": f"/upload-processed/{r.name}/{REPORT_JSON}",
         }
@@ -123,8 +132,9 @@ def render_text(record: EpochRecord) -> str:
             lines += group_findings([Finding.from_json(f) for f in findings])
     lines += [
         "",
-        "Every code is explained in the district guide (docs/districts.md in the "
-        "ingest documentation; ask your operator for it).",
+        "Every code is explained in the ingest documentation: docs/districts.md (uploads, "
+        "epochs, statuses) and docs/csv-api.md (the content of users.csv); ask your "
+        "operator for them. /README.txt in your SFTP folder has the essentials.",
     ]
     # File names and values come from the district's files: nothing in them may act on
     # the terminal or the editor that shows the report.
