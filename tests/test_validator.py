@@ -148,3 +148,18 @@ def test_the_validator_can_be_built_by_an_operator(
     status, found, text = run_validator(bare_python, pyz, tmp_path, str(users))
     assert status == 1 and found["verdict"] == "rejected"  # 2 bad rows: this server's limit
     assert "\x1b" not in text and "\x07" not in text  # values never reach a terminal raw
+
+
+def test_operators_validate_against_a_districts_building_list(
+    daemon: Daemon, district: Credentials, tmp_path: Path
+) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("North\n")
+    daemon.cli("district", "buildings", "set", district.name, str(names))
+    users = tmp_path / "users.csv"
+    users.write_bytes(HEADER + GOOD + b"x@example.org,X,1,Nrth\r\n")
+    plain = daemon.cli("validate", str(users))
+    assert plain.returncode == 0 and "would be applied: 21 rows, 0 skipped" in plain.stdout
+    checked = daemon.cli("validate", "--district", district.name, str(users))
+    assert checked.returncode == 0 and "would be applied: 20 rows, 1 skipped" in checked.stdout
+    assert "did you mean 'North'?" in checked.stdout

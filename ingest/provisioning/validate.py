@@ -188,6 +188,11 @@ def main(argv: Sequence[str] | None = None, limits: Limits | None = None) -> int
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
+    # A Windows console or a redirected output may not take every character of a file's
+    # names and values: escaped, never a UnicodeEncodeError halfway through the report.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         buildings = read_buildings(args.buildings) if args.buildings else None
         result = validate_path(args.path, limits, buildings)
