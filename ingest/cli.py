@@ -194,10 +194,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("path", type=Path, help="users.csv or an epoch directory")
     validate.add_argument("--json", action="store_true", help="machine-readable output")
-    validate.add_argument(
+    building_list = validate.add_mutually_exclusive_group()
+    building_list.add_argument(
         "--buildings", type=Path, metavar="FILE", help="a building list, one name a line"
     )
-    validate.add_argument(
+    building_list.add_argument(
         "--district", help="check against this district's building list (as the server does)"
     )
     validate.set_defaults(handler=_validate)
@@ -434,7 +435,9 @@ def _validate(args: argparse.Namespace, config: Config) -> int:
         if args.buildings:
             buildings = read_buildings(args.buildings)
         elif args.district:
-            with _store(config).db.read() as conn:
+            store = _store(config)
+            store.require(args.district)  # a typo must not check against no list at all
+            with store.db.read() as conn:
                 buildings = get_settings(conn, args.district).buildings
         result = validate_path(args.path, validation_limits(config.provisioning), buildings)
     except (OSError, UnicodeDecodeError) as exc:
@@ -754,7 +757,9 @@ def _district_list(args: argparse.Namespace, config: Config) -> int:
         )
         where = "from " + ", ".join(d.allowed_sources) if d.allowed_sources else ""
         state = "enabled" if d.enabled else "DISABLED"
-        print(f"{d.name}\t{state}\t{settings[d.name].mode}\t{auth}\t{where}".rstrip())
+        listed = settings[d.name].buildings
+        buildings = "any building" if listed is None else f"{len(listed)} buildings"
+        print(f"{d.name}\t{state}\t{settings[d.name].mode}\t{buildings}\t{auth}\t{where}".rstrip())
         for key in d.keys:
             print(f"\t{key.fingerprint} {key.algorithm} {key.comment}".rstrip())
     return 0

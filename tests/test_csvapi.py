@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import sqlite3
@@ -493,3 +495,36 @@ def test_rows_are_checked_when_the_header_has_a_misnamed_or_repeated_column(
         ("value_invalid", 3, "Staff Id", "bob@example.org"),
     }
     assert (report.rows, report.bad_rows) == (2, 1)
+
+
+def test_changes_csv_is_bounded_and_says_what_it_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ingest.epochs.ledger import EpochRecord
+    from ingest.provisioning import changes
+
+    database = Database(f"sqlite:///{tmp_path}/state.db")
+    database.migrate()
+    claimed = "2026-04-01T02:00:00.000Z"
+    with database.connect() as conn:
+        long = json.dumps({"title": "=" + "x" * 5000})
+        conn.executemany(
+            "INSERT INTO account_changes (district, epoch, email, action, before, after, at)"
+            " VALUES ('d', 'e', ?, 'updated', ?, ?, ?)",
+            [(f"u{i}@example.org", '{"title": "a"}', long, claimed) for i in range(10)]
+            + [("old@example.org", "{}", "{}", "2026-03-01T00:00:00.000Z")],  # another run
+        )
+    record = EpochRecord(
+        "d", "e", "applied", "upload", claimed, claimed, claimed, None, 1, False, (), (), None
+    )
+    monkeypatch.setattr(changes, "MAX_LISTED", 4)
+    text = changes.render_changes_csv(database, record)["changes.csv"]
+    assert text is not None
+    rows = list(csv.reader(io.StringIO(text.removeprefix("\ufeff"))))
+    assert rows[0] == ["email", "change", "columns", "before", "after"]
+    assert [r[0] for r in rows[1:5]] == [f"u{i}@example.org" for i in range(4)]
+    assert rows[1][4].startswith("Title: =") and len(rows[1][4]) == changes.MAX_VALUE
+    assert rows[5][0].startswith("... and 6 more changes")  # not old@: another processing
+    monkeypatch.setattr(changes, "MAX_BYTES", 1)  # the byte bound: one row, then stop
+    text = changes.render_changes_csv(database, record)["changes.csv"]
+    assert text is not None and "... and 9 more changes" in text

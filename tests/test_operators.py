@@ -63,7 +63,7 @@ def test_district_show_and_list_give_the_whole_picture(
     assert data["status"]["last_applied"]["epoch"] == "20260603-020000"
     listed = daemon.cli("district", "list").stdout
     assert any(
-        line.startswith(district.name + "\t") and "\tfull-sync\t" in line
+        line.startswith(district.name + "\t") and "\tfull-sync\tany building\t" in line
         for line in listed.splitlines()
     )
     missing = daemon.cli("district", "show", "no-such-district", check=False)

@@ -323,3 +323,20 @@ def test_changes_csv_lists_who_was_created_updated_deleted_and_reactivated(
     report = upload(daemon, district, "20260410-040000", HEADER + ANN + BOB + renamed + dan)
     assert report["counts"]["unchanged"] == 4
     assert not (folder / "20260410-040000" / "changes.csv").exists()
+    # Processed again, an epoch lists the changes of that processing only (none here).
+    daemon.cli("epochs", "reprocess", district.name, "20260410-020000")
+    daemon.wait_for("epoch.published", district=district.name, epoch="20260410-020000", count=2)
+    assert not (folder / "20260410-020000" / "changes.csv").exists()
+
+
+def test_an_export_with_nothing_but_a_bom_deletes_nobody(
+    daemon: Daemon, district: Credentials
+) -> None:
+    """Excel's "CSV UTF-8" of an empty sheet is three bytes, a BOM: in full-sync mode it
+    was applied as a file of 0 rows, deleting every account (below the hold's minimum)."""
+    upload(daemon, district, "20260411-010000", HEADER + ANN + BOB + CYD)
+    daemon.cli("district", "set-mode", district.name, "full-sync")
+    report = upload(daemon, district, "20260411-020000", b"\xef\xbb\xbf")
+    assert report["status"] == "rejected"
+    assert [e["code"] for e in report["errors"]] == ["file_empty"]
+    assert len(export(daemon, district.name)) == 3

@@ -46,6 +46,7 @@ def test_traversal_and_absolute_paths_stay_inside_the_root(daemon: Daemon, sftp,
         "index.json",
         "README.txt",
         "users-template.csv",
+        "validate-users.pyz",
         "buildings.txt",
     }
     assert expected <= root <= expected | servers

@@ -335,16 +335,19 @@ def test_curl_users_read_why_their_puts_were_refused(
     assert misnamed.returncode != 0
 
     def explained(text: str) -> bool:
-        return "[epoch_missing]" in text and "[marker_misnamed]" in text
+        return (
+            "[epoch_missing]" in text
+            and "[marker_misnamed]" in text
+            and f"/upload/{epoch}: no COMPLETE yet" in text  # and the epoch waits
+        )
 
     daemon.wait_until(
         lambda: explained((daemon.root(district.name) / "STATUS.txt").read_text()),
-        "both refusals in STATUS.txt",
+        "both refusals and the waiting epoch in STATUS.txt",
     )
     text = curl(daemon, district, sftp_url(daemon, "/STATUS.txt")).stdout
     assert explained(text)
     assert "name it exactly COMPLETE" in text and "users_auto.csv" in text
-    assert f"/upload/{epoch}: no COMPLETE yet" in text
 
 
 def test_lftp_users_see_a_forgotten_complete_go_stale(

@@ -126,9 +126,17 @@ def test_the_validator_in_every_root_agrees_with_the_server(
     waiting.mkdir()
     (waiting / "users.csv").write_bytes(HEADER + GOOD)
     (waiting / "complete.txt").write_bytes(b"")
+    (waiting / "users.csv.filepart").write_bytes(b"")
     status, found, text = run_validator(bare_python, pyz, tmp_path, str(waiting))
     assert status == 1 and found["verdict"] == "waiting"
     assert {e["code"] for e in found["errors"]} == {"marker_missing", "marker_misnamed"}
+    assert [w["code"] for w in found["warnings"]] == ["temp_file_ignored"]
+    # With COMPLETE too, the server still refuses complete.txt at upload: a script that
+    # stops at the first error never sends COMPLETE, so the epoch would wait.
+    (waiting / "COMPLETE").write_bytes(b"")
+    status, found, text = run_validator(bare_python, pyz, tmp_path, str(waiting))
+    assert status == 1 and found["verdict"] == "waiting"
+    assert [e["code"] for e in found["errors"]] == ["marker_misnamed"]
     assert "would WAIT" in text
 
 
@@ -163,3 +171,6 @@ def test_operators_validate_against_a_districts_building_list(
     checked = daemon.cli("validate", "--district", district.name, str(users))
     assert checked.returncode == 0 and "would be applied: 20 rows, 1 skipped" in checked.stdout
     assert "did you mean 'North'?" in checked.stdout
+
+    typo = daemon.cli("validate", "--district", "no-such-district", str(users), check=False)
+    assert typo.returncode != 0 and "no-such-district" in typo.stderr

@@ -60,6 +60,10 @@ class ClaimedEpoch:
     origin: Literal["upload", "auto"]
     warnings: tuple[Finding, ...] = ()  # found by the epoch layer (e.g. marker_not_empty)
     approved: bool = False  # an operator approved it after it was held
+    # When this processing began (the ledger's claim): the processor stamps the changes
+    # it makes with it, so that one processing's changes are told from another's
+    # without trusting the clock to move forward in between.
+    claimed_at: str | None = None
 
 
 @dataclass(frozen=True)

@@ -203,19 +203,28 @@ class Ledger:
 
     # --- operators' actions: each is recorded with who and when (EpochRecord.actions) ---
 
-    def _act(self, district: str, name: str, action: str, by: str, change: str, *args: str) -> bool:
-        """One operator action: ``change`` is the UPDATE's SET list and WHERE condition
-        (after ``district = ? AND name = ?``); the action is appended to the epoch's
-        record in the same statement, so it is recorded exactly when it took effect."""
+    def _act(
+        self,
+        district: str,
+        name: str,
+        action: str,
+        by: str,
+        changes: str,
+        condition: str,
+        *change_args: str,
+    ) -> bool:
+        """One operator action: ``changes`` is the UPDATE's SET list (its ``?`` take
+        ``change_args``), ``condition`` the state the epoch must be in (no parameters).
+        The action is appended to the epoch's record in the same statement, so it is
+        recorded exactly when it took effect."""
         done = json.dumps({"action": action, "by": by, "at": now()})
-        set_list, condition = change.split(" WHERE ")
         with self.db.connect() as conn:
             return (
                 conn.execute(
-                    f"UPDATE epochs SET {set_list},"
+                    f"UPDATE epochs SET {changes},"
                     " actions = json_insert(actions, '$[#]', json(?))"
-                    f" WHERE district = ? AND name = ? AND {condition}",
-                    (*args, done, district, name),
+                    f" WHERE district = ? AND name = ? AND ({condition})",
+                    (*change_args, done, district, name),
                 ).rowcount
                 == 1
             )
@@ -228,7 +237,8 @@ class Ledger:
             "reprocess",
             by,
             "state = 'received', claimed_at = NULL, finished_at = NULL, published_at = NULL,"
-            f" outcome = NULL WHERE state IN ({_FINAL})",
+            " outcome = NULL",
+            f"state IN ({_FINAL})",
         )
 
     def approve(self, district: str, name: str, by: str) -> bool:
@@ -239,7 +249,8 @@ class Ledger:
             "approve",
             by,
             "state = 'received', approved = 1, claimed_at = NULL, finished_at = NULL,"
-            " published_at = NULL, outcome = NULL WHERE state = 'held'",
+            " published_at = NULL, outcome = NULL",
+            "state = 'held'",
         )
 
     def discard(self, district: str, name: str, by: str) -> bool:
@@ -261,8 +272,8 @@ class Ledger:
             name,
             "discard",
             by,
-            "state = 'rejected', finished_at = ?, published_at = NULL, outcome = ?"
-            " WHERE state = 'held'",
+            "state = 'rejected', finished_at = ?, published_at = NULL, outcome = ?",
+            "state = 'held'",
             now(),
             json.dumps(outcome.to_json()),
         )
@@ -275,7 +286,8 @@ class Ledger:
             name,
             "retire",
             by,
-            f"retired_at = ?, published_at = NULL WHERE retired_at IS NULL AND state IN ({_FINAL})",
+            "retired_at = ?, published_at = NULL",
+            f"retired_at IS NULL AND state IN ({_FINAL})",
             now(),
         )
 
@@ -288,7 +300,8 @@ class Ledger:
             "force-apply",
             by,
             "state = 'received', forced_at = ?, claimed_at = NULL, finished_at = NULL,"
-            " published_at = NULL, outcome = NULL WHERE state = 'superseded'",
+            " published_at = NULL, outcome = NULL",
+            "state = 'superseded'",
             now(),
         )
 

@@ -311,6 +311,7 @@ class EpochPipeline:
             "auto" if record.origin == "auto" else "upload",
             record.warnings,
             record.approved,
+            record.claimed_at,
         )
         try:
             outcome = self.runner.run(epoch)

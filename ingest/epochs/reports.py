@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the offline validator uses group_findings without the ledge
 REPORT_JSON = "report.json"
 REPORT_TXT = "report.txt"
 ERRORS_CSV = "errors.csv"
-CHANGES_CSV = "changes.csv"  # written by the processor's extra_reports (accounts changed)
+CHANGES_CSV = "changes.csv"  # Processor.reports of the provisioning processor
 REPORT_NAMES = frozenset({REPORT_JSON, REPORT_TXT, ERRORS_CSV, CHANGES_CSV})
 INDEX_JSON = "index.json"  # in the district's root: every epoch, for scripts
 MAX_INDEXED = 200

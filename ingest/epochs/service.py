@@ -261,6 +261,11 @@ class EpochService:
     def _new_district(self, district: str) -> None:
         self.mark_dirty(district, None)
         self.status.flush_now(district)  # its status files exist from the start
+        # index.json too: a script can tell "no such file" from a failed get only by
+        # guessing, so the file is always there (empty until the first publish).
+        asyncio.get_running_loop().run_in_executor(
+            self._io_pool, write_index, self.districts_dir / district, self.ledger
+        )
         if self._on_district is not None:
             asyncio.get_running_loop().run_in_executor(self._io_pool, self._on_district, district)
         if self._watcher is not None:

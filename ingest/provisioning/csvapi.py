@@ -347,6 +347,15 @@ class _Validator:
             except csv.Error:
                 header = None
                 self.file_error("quote_unbalanced", "the header row has an unbalanced quote", 1)
+            if header is None and not self.report.file_errors:
+                # Nothing but a byte-order mark (an empty "CSV UTF-8" export): without
+                # this, a file of 0 rows would apply, and in full-sync mode delete.
+                self.file_error(
+                    "file_empty",
+                    f"{self.file} holds nothing but a byte-order mark; export it again "
+                    "with a header row and at least one data row",
+                )
+                return False
             if header is None or bad_line is not None:
                 # Past a problem of the bytes (not UTF-8, NUL bytes, a line too long), the
                 # text cannot be trusted, nor its lines' lengths bounded: the header only.

@@ -184,7 +184,8 @@ class ProvisioningProcessor:
                 "(full-sync mode); see the first error for what you can do",
             )
 
-        counts = stage.apply(epoch.name, now(), full_sync, report.valid_rows)
+        # Stamped with the claim's time: changes.csv finds this processing's changes by it.
+        counts = stage.apply(epoch.name, epoch.claimed_at or now(), full_sync, report.valid_rows)
         return Outcome(
             "applied",
             {**summary, **counts},

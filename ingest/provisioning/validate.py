@@ -111,7 +111,8 @@ def _check_directory(path: Path, result: OfflineResult) -> Path | None:
     """The epoch directory's own rules: a name the server accepts, COMPLETE present and
     exact, the files the CSV API knows. Returns the file whose content to validate."""
     entries = sorted(p.name for p in path.iterdir() if p.is_file())
-    if parse_epoch_name(path.name) is None:
+    epoch = parse_epoch_name(path.name)
+    if epoch is None:
         result.warnings.append(
             Finding(
                 "epoch_name_invalid",
@@ -119,14 +120,33 @@ def _check_directory(path: Path, result: OfflineResult) -> Path | None:
                 "/upload/YYYYMMDD-HHMMSS/ named with the current UTC time",
             )
         )
+    elif not epoch.time_valid:
+        result.warnings.append(
+            Finding(
+                "epoch_time_invalid",
+                f"{path.name} is not a real time of day; the server accepts it, but names "
+                "decide the order of epochs: use the current UTC time",
+            )
+        )
     misnamed = [n for n in entries if is_misnamed_marker(n)]
     for name in misnamed:
-        result.rejected = True
+        # The server refuses it at upload: a script that stops at the first error (sftp
+        # -b, WinSCP) never sends what follows, COMPLETE included, and the epoch waits.
+        result.waiting = True
         result.errors.append(
             Finding(
                 "marker_misnamed",
                 f"{name!r} is not the marker: the server refuses it. Name it exactly "
                 f"{MARKER} (upper case, no extension), an empty file uploaded last",
+                file=name,
+            )
+        )
+    for name in (n for n in entries if is_temp_name(n) and n not in misnamed):
+        result.warnings.append(
+            Finding(
+                "temp_file_ignored",
+                f"{name} has a temporary name and would not be processed; make sure the "
+                "transfer renames it before COMPLETE",
                 file=name,
             )
         )
