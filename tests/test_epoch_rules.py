@@ -164,6 +164,13 @@ def test_policy() -> None:
     assert reason("open", "/upload/users_auto.csv.filepart") is None
     assert reason("rename_target", "/upload/users.csv") == "epoch_missing"
     assert reason("open", "/upload/20260103-000000/Complete") == "marker_misnamed"
+    # A report's name: the server's report would overwrite the district's file.
+    assert reason("open", "/upload/20260103-000000/changes.csv") == "report_name_reserved"
+    assert reason("rename_target", "/upload/20260103-000000/report.json") == (
+        "report_name_reserved"
+    )
+    assert reason("open", "/upload/changes_auto.csv") == "report_name_reserved"
+    assert reason("open", "/upload/20260103-000000/users.csv") is None
     assert reason("open", "/upload/20260102-000000/users.csv") == "epoch_submitted"
     assert reason("remove", "/upload/20260102-000000/users.csv") == "epoch_submitted"
     assert reason("rmdir", "/upload/20260102-000000") == "epoch_submitted"

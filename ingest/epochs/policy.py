@@ -22,6 +22,7 @@ from ingest.epochs.names import (
     is_temp_name,
     parse_epoch_name,
 )
+from ingest.epochs.reports import REPORT_NAMES
 from ingest.sftp import Denied
 
 EXAMPLE_EPOCH = "20260131-020000"
@@ -32,6 +33,16 @@ HOW_TO_UPLOAD = (
     "cannot create directories, upload /upload/users_auto.csv and the server makes the "
     "epoch for you"
 )
+
+
+def _reserved(name: str, becomes: str | None) -> str:
+    """Why a file may not take the name of a report the server writes into the epoch's
+    folder (it would be overwritten in /upload-processed/)."""
+    became = "" if name == becomes else f" (it would become {becomes} in its epoch)"
+    return (
+        f"{name}{became} is the name of a report the server writes beside your files; "
+        "yours would be overwritten. Name it otherwise: only users.csv is read"
+    )
 
 
 class EpochRegistry:
@@ -93,6 +104,8 @@ class EpochPolicy:
                     f"the {name} uploaded a moment ago is waiting to become an epoch (a few "
                     "seconds); upload this one again after that, so that neither is lost",
                 )
+            if auto_target(name) in REPORT_NAMES:
+                raise Denied("report_name_reserved", _reserved(name, auto_target(name)))
             if is_temp_name(name) or auto_target(name) is not None:
                 return
             if self.loose_files == "report":
@@ -165,6 +178,8 @@ class EpochPolicy:
                 f"into /upload/{epoch}/",
             )
         leaf = rest[-1]
+        if operation in ("open", "rename_target") and leaf in REPORT_NAMES and len(rest) == 1:
+            raise Denied("report_name_reserved", _reserved(leaf, leaf))
         if operation in ("open", "rename_target") and is_misnamed_marker(leaf):
             raise Denied(
                 "marker_misnamed",
