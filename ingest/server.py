@@ -75,8 +75,9 @@ class Server:
                 path=cut.virtual,
                 size=cut.size,
             )
-        # The districts' validator, with this server's limits: the same bytes for every root.
-        validator = build_validator(validation_limits(config.provisioning))
+        # The districts' validator, with this server's limits: the same bytes for every root
+        # (built from the package's files: off the loop, like the other startup I/O).
+        validator = await asyncio.to_thread(build_validator, validation_limits(config.provisioning))
         self.epochs = EpochService(
             config,
             database,
